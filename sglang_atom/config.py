@@ -1,0 +1,182 @@
+"""The one configuration object of sglang-atom, its CLI flags and their checks.
+
+Pure Python: no SGLang import, so the flags, defaults and range checks are testable alone.
+Every `--atom-*` flag is one field of `AtomConfig`; `add_arguments` derives the argparse
+options from the fields, `from_namespace` reads them back, `validate` checks ranges.
+
+The config crosses process boundaries as JSON in one environment variable, because SGLang
+spawns its scheduler and DP-controller processes and their plugin loader runs before any
+ServerArgs reaches them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+
+BACKEND_ENV = "SGLANG_ATOM_BACKEND"  # "atom" or "sglang"; documented for the Engine API
+CONFIG_ENV = "SGLANG_ATOM_CONFIG"  # JSON of AtomConfig, set by the launcher for its children
+
+BACKENDS = ("sglang", "atom")
+
+
+class AtomConfigError(ValueError):
+    """A bad `--atom-*` value or an unsupported flag combination; the message says what to change."""
+
+
+def _flag(default, help, *, choices=None, low=None, high=None, low_open=False):
+    return field(
+        default=default,
+        metadata={"help": help, "choices": choices, "low": low, "high": high, "low_open": low_open},
+    )
+
+
+@dataclass(frozen=True)
+class AtomConfig:
+    backend: str = _flag("sglang", "Serving backend: 'atom' turns on sglang-atom.", choices=BACKENDS)
+
+    # Coordinated DP prefill admission (sglang_atom.admission.policy).
+    admission: str = _flag(
+        "coalesce",
+        "DP prefill admission policy: 'coalesce' (all ranks hold or fire prefill together) or 'off'.",
+        choices=("coalesce", "off"),
+    )
+    admission_target_fill: float = _flag(
+        0.7,
+        "Fire prefill once the pending prefill tokens of all ranks reach this fraction of their "
+        "combined prefill budget (--chunked-prefill-size per rank).",
+        low=0.0, high=1.0, low_open=True,
+    )
+    admission_align: bool = _flag(
+        True, "Hold prefill while some ranks have nothing to prefill and others do (1 or 0)."
+    )
+    admission_max_hold_passes: int = _flag(
+        32, "Never hold prefill for more than this many consecutive scheduler passes.", low=0
+    )
+    admission_max_wait_ms: int = _flag(
+        1000,
+        "Fire prefill once the oldest waiting request on any rank has waited this long (ms).",
+        low=1,
+    )
+    admission_chunked_max_hold_passes: int = _flag(
+        4,
+        "Hold a chunked prefill that is in progress for at most this many passes.",
+        low=0,
+    )
+    admission_stall_passes: int = _flag(
+        4,
+        "Fire prefill when the pending tokens of all ranks have not grown for this many held passes.",
+        low=1,
+    )
+    admission_kv_high: float = _flag(
+        0.9,
+        "Fire prefill when some rank's KV cache usage is at or above this fraction.",
+        low=0.0, high=1.0, low_open=True,
+    )
+    admission_tbo_min_tokens: int = _flag(
+        4096,
+        "With two-batch overlap on, fire prefill as soon as every rank has at least this many "
+        "pending tokens (enough for a useful split).",
+        low=2,
+    )
+
+    # Two-batch overlap over all_gather/reduce_scatter.
+    tbo_min_tokens: int = _flag(
+        2048,
+        "Smallest per-rank prefill (tokens) that is split into two micro-batches; below it, every "
+        "rank runs the batch whole.",
+        low=2,
+    )
+
+    # MoE expert kernels.
+    moe_kernel: str = _flag(
+        "auto",
+        "MoE expert kernel: 'auto' (AITER fused_moe on ROCm, Triton fused MoE on CUDA), "
+        "'triton' or 'aiter'.",
+        choices=("auto", "triton", "aiter"),
+    )
+
+    # ------------------------------------------------------------------ flags
+    @staticmethod
+    def flag_name(field_name: str) -> str:
+        return "--backend" if field_name == "backend" else "--atom-" + field_name.replace("_", "-")
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("sglang-atom")
+        for f in dataclasses.fields(cls):
+            meta = f.metadata
+            kind = bool_flag if f.type in ("bool", bool) else {"int": int, "float": float}.get(f.type, str)
+            group.add_argument(
+                cls.flag_name(f.name),
+                dest=dest_name(f.name),
+                type=kind,
+                default=f.default,
+                choices=meta["choices"],
+                help=meta["help"] + f" Default: {f.default}.",
+            )
+
+    @classmethod
+    def from_namespace(cls, ns: argparse.Namespace) -> "AtomConfig":
+        """Build from a parsed namespace; options absent from it keep their defaults."""
+        values = {}
+        for f in dataclasses.fields(cls):
+            if hasattr(ns, dest_name(f.name)):
+                values[f.name] = getattr(ns, dest_name(f.name))
+        return cls(**values).validate()
+
+    def validate(self) -> "AtomConfig":
+        for f in dataclasses.fields(self):
+            meta, value = f.metadata, getattr(self, f.name)
+            name = self.flag_name(f.name)
+            if meta["choices"] is not None and value not in meta["choices"]:
+                raise AtomConfigError(
+                    f"{name} must be one of {', '.join(meta['choices'])}, got {value!r}."
+                )
+            low, high = meta["low"], meta["high"]
+            if low is not None and (value <= low if meta["low_open"] else value < low):
+                bound = f"> {low}" if meta["low_open"] else f">= {low}"
+                raise AtomConfigError(f"{name} must be {bound}, got {value}; pass a value {bound}.")
+            if high is not None and value > high:
+                raise AtomConfigError(f"{name} must be <= {high}, got {value}; pass a value <= {high}.")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.backend == "atom"
+
+    # ------------------------------------------------- passing to child processes
+    def to_env(self, environ=os.environ) -> None:
+        environ[BACKEND_ENV] = self.backend
+        environ[CONFIG_ENV] = json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_env(cls, environ=os.environ) -> "AtomConfig":
+        """The config this process runs with: the launcher's JSON, else defaults plus the backend switch."""
+        raw = environ.get(CONFIG_ENV)
+        values = json.loads(raw) if raw else {}
+        backend = environ.get(BACKEND_ENV)
+        if backend:
+            values["backend"] = backend.strip().lower()
+        return cls(**values).validate()
+
+
+def dest_name(field_name: str) -> str:
+    return "backend" if field_name == "backend" else "atom_" + field_name
+
+
+def bool_flag(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "on", "yes"):
+        return True
+    if lowered in ("0", "false", "off", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected 1 or 0, got {text!r}")
+
+
+def backend_requested(environ=os.environ) -> bool:
+    """True when this process was told (by the launcher or the user) to run the atom backend."""
+    return environ.get(BACKEND_ENV, "").strip().lower() == "atom"

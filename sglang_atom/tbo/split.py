@@ -1,0 +1,72 @@
+"""Token-level even split of a prefill batch into two micro-batches.
+
+Pure Python. The cut falls at total // 2 tokens; when it lands inside a sequence that sequence
+is cut in two, and its second part is an extend whose prefix is the first part (so it attends
+to the KV the first part writes). Every DP rank must split or none does: `agree_split` is the
+rule all ranks apply to the same gathered numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Part of one sequence's extend: tokens [prefix_len, prefix_len + extend_len) of it."""
+
+    seq: int  # index of the sequence in the parent batch
+    prefix_len: int  # tokens before this segment (cached prefix plus any earlier segment)
+    extend_len: int  # new tokens in this segment
+    offset: int  # where the segment starts within the sequence's extend tokens
+
+
+@dataclass(frozen=True)
+class Split:
+    first: tuple[Segment, ...]
+    second: tuple[Segment, ...]
+    cut_token: int  # index into the batch's flattened extend tokens where `second` begins
+
+    @property
+    def first_tokens(self) -> int:
+        return sum(s.extend_len for s in self.first)
+
+    @property
+    def second_tokens(self) -> int:
+        return sum(s.extend_len for s in self.second)
+
+
+def split_even(extend_lens: Sequence[int], prefix_lens: Sequence[int]) -> Split:
+    """Cut the batch at total // 2 tokens, cutting a sequence in the middle when needed."""
+    if len(extend_lens) != len(prefix_lens):
+        raise ValueError("extend_lens and prefix_lens must have the same length")
+    cut = sum(extend_lens) // 2
+    first: list[Segment] = []
+    second: list[Segment] = []
+    start = 0
+    for seq, (n, prefix) in enumerate(zip(extend_lens, prefix_lens)):
+        end = start + n
+        if end <= cut:
+            first.append(Segment(seq, prefix, n, 0))
+        elif start >= cut:
+            second.append(Segment(seq, prefix, n, 0))
+        else:
+            head = cut - start
+            first.append(Segment(seq, prefix, head, 0))
+            second.append(Segment(seq, prefix + head, n - head, head))
+        start = end
+    return Split(tuple(first), tuple(second), cut)
+
+
+def agree_split(rank_tokens: Sequence[int], rank_is_prefill: Sequence[bool], min_tokens: int) -> bool:
+    """Whether every rank splits this forward: the same answer on every rank from gathered numbers.
+
+    Split only when no rank decodes (decode TBO loses with TP-sharded experts) and the largest
+    rank has enough tokens for halves worth overlapping. Ranks with 0 tokens still split (two
+    empty micro-batches) so they join each micro-batch's collectives.
+    """
+    if not rank_tokens:
+        return False
+    busy = [p for t, p in zip(rank_tokens, rank_is_prefill) if t > 0]
+    return bool(busy) and all(busy) and max(rank_tokens) >= min_tokens

@@ -1,0 +1,74 @@
+"""Pure tier: the configuration object, its flags and the platform decision."""
+
+import argparse
+
+import pytest
+
+from sglang_atom.config import AtomConfig, AtomConfigError
+from sglang_atom.platform import plan
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser()
+    AtomConfig.add_arguments(parser)
+    return AtomConfig.from_namespace(parser.parse_args(argv))
+
+
+def test_defaults_are_valid_and_backend_is_sglang():
+    cfg = parse([])
+    assert cfg == AtomConfig()
+    assert not cfg.enabled
+
+
+def test_flags_parse():
+    cfg = parse(["--backend", "atom", "--atom-admission-target-fill", "0.5",
+                 "--atom-admission-align", "0", "--atom-moe-kernel", "triton"])
+    assert cfg.enabled and cfg.admission_target_fill == 0.5
+    assert cfg.admission_align is False and cfg.moe_kernel == "triton"
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--atom-admission-target-fill", "0"], "--atom-admission-target-fill must be > 0.0"),
+    (["--atom-admission-target-fill", "1.5"], "--atom-admission-target-fill must be <= 1.0"),
+    (["--atom-admission-max-hold-passes", "-1"], "--atom-admission-max-hold-passes must be >= 0"),
+    (["--atom-admission-stall-passes", "0"], "--atom-admission-stall-passes must be >= 1"),
+    (["--atom-admission-kv-high", "2"], "--atom-admission-kv-high must be <= 1.0"),
+    (["--atom-tbo-min-tokens", "1"], "--atom-tbo-min-tokens must be >= 2"),
+])
+def test_out_of_range_values_raise_with_the_flag_name(argv, message):
+    with pytest.raises(AtomConfigError, match=message.replace(".", r"\.")):
+        parse(argv)
+
+
+def test_env_round_trip():
+    env = {}
+    cfg = AtomConfig(backend="atom", admission_max_wait_ms=250)
+    cfg.to_env(env)
+    assert AtomConfig.from_env(env) == cfg
+    assert AtomConfig.from_env({"SGLANG_ATOM_BACKEND": "ATOM"}) == AtomConfig(backend="atom")
+
+
+def test_cuda_plan_uses_triton_and_nccl():
+    p = plan("cuda")
+    assert (p.moe_kernel, p.collective_backend, p.moe_runner_backend, p.env) == (
+        "triton", "nccl", "triton", {})
+
+
+def test_rocm_plan_uses_aiter_and_raises_hw_queues():
+    p = plan("rocm", "auto", {"GPU_MAX_HW_QUEUES": "2"})
+    assert (p.moe_kernel, p.collective_backend, p.moe_runner_backend) == ("aiter", "rccl", "aiter")
+    assert p.env == {"SGLANG_USE_AITER": "1", "GPU_MAX_HW_QUEUES": "5"}
+
+
+def test_rocm_plan_keeps_a_larger_user_queue_setting():
+    assert "GPU_MAX_HW_QUEUES" not in plan("rocm", "auto", {"GPU_MAX_HW_QUEUES": "8"}).env
+
+
+def test_rocm_can_be_told_to_use_triton():
+    p = plan("rocm", "triton", {})
+    assert p.moe_kernel == "triton" and "SGLANG_USE_AITER" not in p.env
+
+
+def test_aiter_on_cuda_is_refused():
+    with pytest.raises(AtomConfigError, match="needs a ROCm GPU"):
+        plan("cuda", "aiter")

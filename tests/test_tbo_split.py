@@ -1,0 +1,60 @@
+"""Pure tier: token-level even split and the all-ranks-agree rule."""
+
+from hypothesis import given, settings, strategies as st
+
+from sglang_atom.tbo.split import agree_split, split_even
+
+
+def test_single_sequence_is_cut_in_the_middle():
+    s = split_even([100], [7])
+    assert [(g.seq, g.prefix_len, g.extend_len, g.offset) for g in s.first] == [(0, 7, 50, 0)]
+    assert [(g.seq, g.prefix_len, g.extend_len, g.offset) for g in s.second] == [(0, 57, 50, 50)]
+
+
+def test_cut_on_a_sequence_boundary_cuts_nothing():
+    s = split_even([25, 25, 40, 10], [0, 5, 0, 0])
+    assert [(g.seq, g.prefix_len, g.extend_len) for g in s.first] == [(0, 0, 25), (1, 5, 25)]
+    assert [(g.seq, g.prefix_len, g.extend_len) for g in s.second] == [(2, 0, 40), (3, 0, 10)]
+    assert s.cut_token == 50
+
+
+def test_uneven_lengths_are_token_even():
+    s = split_even([10, 20, 30, 40], [0, 0, 0, 0])
+    assert (s.first_tokens, s.second_tokens) == (50, 50)
+    cut = [g for g in s.second if g.offset > 0]
+    assert [(g.seq, g.prefix_len, g.extend_len) for g in cut] == [(2, 20, 10)]
+
+
+def test_agree_split():
+    assert agree_split([8192, 0, 3000, 9000], [True, False, True, True], 2048)
+    assert not agree_split([8192, 1, 3000, 9000], [True, False, True, True], 2048)  # a decode rank
+    assert not agree_split([1000, 1000], [True, True], 2048)
+    assert not agree_split([0, 0], [False, False], 2)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5000), st.integers(0, 5000)), min_size=1, max_size=40))
+def test_split_properties(seqs):
+    extend = [e for e, _ in seqs]
+    prefix = [p for _, p in seqs]
+    s = split_even(extend, prefix)
+    # halves differ by at most one token
+    assert abs(s.first_tokens - s.second_tokens) <= 1
+    assert s.first_tokens == s.cut_token
+    # every token lands exactly once, and positions are consistent per sequence
+    covered = {i: [] for i in range(len(seqs))}
+    for g in s.first + s.second:
+        covered[g.seq].append(g)
+    for i, (e, p) in enumerate(seqs):
+        parts = sorted(covered[i], key=lambda g: g.offset)
+        assert sum(g.extend_len for g in parts) == e
+        pos = 0
+        for g in parts:
+            assert g.offset == pos
+            assert g.prefix_len == p + g.offset  # absolute start, rebased prefix
+            pos += g.extend_len
+        assert len(parts) <= 2
+    # at most one sequence is cut, and order is preserved (first half then second half)
+    flat = [g.seq for g in s.first] + [g.seq for g in s.second]
+    assert flat == sorted(flat)
+    assert len(flat) - len(set(flat)) <= 1
