@@ -62,8 +62,9 @@ class AtomConfig:
         low=1,
     )
     admission_chunked_max_hold_passes: int = _flag(
-        4,
-        "Hold a chunked prefill that is in progress for at most this many passes.",
+        0,
+        "Hold prefill for at most this many passes while some rank has a chunked prefill in "
+        "progress (0: a chunk in progress fires prefill on every rank, which keeps ranks aligned).",
         low=0,
     )
     admission_stall_passes: int = _flag(

@@ -25,7 +25,7 @@ class PlatformPlan:
     platform: str  # "cuda", "rocm" or "cpu"
     moe_kernel: str  # "triton" or "aiter"
     collective_backend: str  # "nccl", "rccl" or "gloo"
-    moe_runner_backend: str  # value for SGLang's --moe-runner-backend
+    moe_runner_backend: str  # value for SGLang's --moe-runner-backend ("auto": leave SGLang's)
     env: dict = field(default_factory=dict)  # variables SGLang reads at import/first use
 
 
@@ -59,5 +59,6 @@ def plan(platform: str, requested_kernel: str = "auto", environ: dict | None = N
             f"--atom-moe-kernel aiter needs a ROCm GPU, but this is {platform}; "
             "pass --atom-moe-kernel auto or triton."
         )
-    collective = "nccl" if platform == "cuda" else "gloo"
-    return PlatformPlan(platform, "triton", collective, "triton", {})
+    if platform == "cpu":  # parsing and tests only: SGLang keeps its own CPU MoE path
+        return PlatformPlan("cpu", "sglang-default", "gloo", "auto", {})
+    return PlatformPlan("cuda", "triton", "nccl", "triton", {})

@@ -72,3 +72,16 @@ def test_rocm_can_be_told_to_use_triton():
 def test_aiter_on_cuda_is_refused():
     with pytest.raises(AtomConfigError, match="needs a ROCm GPU"):
         plan("cuda", "aiter")
+
+
+def test_summary_says_why_features_are_off():
+    from sglang_atom.validation import ServingSetup, summary
+
+    off = ServingSetup(None, dp_attention=False, dp_size=1, tp_size=2, moe_a2a_backend="none",
+                       prefill_delayer=False, two_batch_overlap=False, disaggregation_mode="null")
+    line = summary(AtomConfig(backend="atom"), off, plan("cuda"))
+    assert "admission=off (needs --enable-dp-attention with --dp > 1)" in line
+    assert "tbo=off (--enable-two-batch-overlap not given)" in line
+    assert "moe_kernel=triton (cuda) | collectives=nccl" in line
+    line = summary(AtomConfig(backend="atom", admission="off"), off, plan("rocm", "auto", {}))
+    assert "admission=off (--atom-admission off)" in line and "moe_kernel=aiter (rocm)" in line

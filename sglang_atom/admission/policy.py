@@ -67,7 +67,7 @@ class PolicyParams:
     align: bool = True
     max_hold_passes: int = 32
     max_wait_ms: int = 1000
-    chunked_max_hold_passes: int = 4
+    chunked_max_hold_passes: int = 0
     stall_passes: int = 4
     kv_high: float = 0.9
     tbo_enabled: bool = False

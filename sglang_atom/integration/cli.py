@@ -1,0 +1,57 @@
+"""Argument-parsing hooks: `--backend` and `--atom-*` on SGLang's parser, checks, defaults.
+
+Installed in every process whatever the backend (they only run while arguments are parsed).
+The launcher turns the parsed flags into an AtomConfig, checks it against the rest of
+ServerArgs, publishes it to the environment for the processes SGLang spawns next, and installs
+the runtime hooks in itself.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..config import BACKEND_ENV, AtomConfig, AtomConfigError, backend_requested
+from .. import platform
+from ..validation import check
+from . import runtime
+
+
+def after_add_cli_args(result, parser, *args, **kwargs):
+    AtomConfig.add_arguments(parser)
+    if backend_requested():
+        # The Engine-API switch also sets the CLI default, so both entry points agree.
+        parser.set_defaults(backend="atom")
+
+
+def around_from_cli_args(original, cls, args, *rest, **kwargs):
+    cfg = AtomConfig.from_namespace(args)
+    if not cfg.enabled and runtime.installed():
+        raise AtomConfigError(
+            f"{BACKEND_ENV}=atom is set in the environment but --backend sglang was given; "
+            f"unset {BACKEND_ENV} or drop --backend sglang."
+        )
+    cfg.to_env()
+    return original(cls, args, *rest, **kwargs)
+
+
+def after_post_init(result, server_args, *args, **kwargs):
+    """Runs for both entry points: the CLI (via from_cli_args) and `sglang.Engine(**kwargs)`."""
+    cfg = AtomConfig.from_env()
+    if not cfg.enabled:
+        return
+    setup = runtime.serving_setup(server_args, model_architecture(server_args))
+    check(cfg, setup)
+    plan = platform.plan(platform.probe(), cfg.moe_kernel, os.environ)
+    os.environ.update(plan.env)  # read by SGLang at import time in the processes spawned next
+    if server_args.moe_runner_backend == "auto" and plan.moe_runner_backend != "auto":
+        server_args.moe_runner_backend = plan.moe_runner_backend
+    cfg.to_env()
+    runtime.process_config.cache_clear()
+    runtime.install(launcher=True)
+
+
+def model_architecture(server_args) -> str | None:
+    if server_args.model_path.lower() in ("dummy", "none"):
+        return None
+    architectures = server_args.get_model_config().hf_config.architectures or [None]
+    return architectures[0]

@@ -1,0 +1,136 @@
+"""Install and verify the hooks that change serving under `--backend atom`.
+
+SGLang's HookRegistry only logs a hook it could not apply; sglang-atom checks each of its hooks
+afterwards and stops the process instead, so a half-installed backend never serves.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import pkgutil
+from functools import lru_cache
+
+from .. import platform
+from ..config import AtomConfig
+from ..validation import ServingSetup, admission_active, summary, tbo_active
+from . import admission, symbols
+
+logger = logging.getLogger("sglang_atom")
+
+_registered: set[str] = set()
+
+
+class AtomStartupError(SystemExit):
+    """Stops startup. A SystemExit, because SGLang's plugin loader swallows Exceptions."""
+
+
+@lru_cache(maxsize=1)
+def process_config() -> AtomConfig:
+    return AtomConfig.from_env()
+
+
+def serving_setup(server_args, architecture: str | None) -> ServingSetup:
+    return ServingSetup(
+        architecture=architecture,
+        dp_attention=bool(server_args.enable_dp_attention),
+        dp_size=int(server_args.dp_size),
+        tp_size=int(server_args.tp_size),
+        moe_a2a_backend=str(server_args.moe_a2a_backend),
+        prefill_delayer=bool(server_args.enable_prefill_delayer),
+        two_batch_overlap=bool(server_args.enable_two_batch_overlap),
+        disaggregation_mode=str(server_args.disaggregation_mode),
+        pp_size=int(server_args.pp_size),
+    )
+
+
+def _after_init_schedule_policy(result, scheduler, *args, **kwargs):
+    """Attach sglang-atom to this scheduler; TP rank 0 logs the one line saying what is active
+    (here rather than in the launcher so the line appears for the CLI and the Engine API alike)."""
+    cfg = process_config()
+    setup = serving_setup(scheduler.server_args, None)
+    admission.attach(scheduler, cfg, admission_active(cfg, setup), tbo_active(cfg, setup))
+    if scheduler.ps.tp_rank == 0:
+        plan = platform.plan(platform.probe(), cfg.moe_kernel, os.environ)
+        logger.info(summary(cfg, setup, plan))
+
+
+class DPControllerProcess:
+    """Process target standing in for SGLang's DP controller: load plugins, then run it.
+
+    A class rather than a function so that `multiprocessing` pickles a reference to this module
+    (SGLang's REPLACE wrapper would pickle as SGLang's own, unhooked function).
+    """
+
+    def __init__(self, *args, **kwargs):
+        from sglang.srt.managers import data_parallel_controller
+        from sglang.srt.plugins import load_plugins
+
+        load_plugins()
+        data_parallel_controller.run_data_parallel_controller_process(*args, **kwargs)
+
+
+def runtime_hooks(launcher: bool):
+    from sglang.srt.plugins.hook_registry import HookType
+
+    hooks = [
+        (symbols.SCHEDULER_TARGETS[0], _after_init_schedule_policy, HookType.AFTER),
+        (symbols.SCHEDULER_TARGETS[1], admission.around_get_new_batch_prefill, HookType.AROUND),
+        (symbols.SCHEDULER_TARGETS[2], admission.observe_gathered_rows, HookType.AFTER),
+    ]
+    if launcher:
+        hooks.append((symbols.DP_CONTROLLER_TARGET, DPControllerProcess, HookType.REPLACE))
+    return hooks
+
+
+def is_launcher() -> bool:
+    """The process that parses arguments: not one SGLang spawned (schedulers, DP controller)."""
+    return multiprocessing.parent_process() is None
+
+
+def install(launcher: bool) -> list[str]:
+    """Register, apply and verify the runtime hooks of this process; returns their targets."""
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    hooks = runtime_hooks(launcher)
+    targets = [target for target, _, _ in hooks]
+    try:
+        symbols.require(targets + list(symbols.OTHER_SYMBOLS))
+    except symbols.SGLangMismatch as exc:
+        raise AtomStartupError(f"sglang-atom: {exc}") from exc
+    for target, hook, kind in hooks:
+        if target not in _registered:
+            HookRegistry.register(target, hook, kind)
+            _registered.add(target)
+    HookRegistry.apply_hooks()
+    verify(hooks)
+    return targets
+
+
+def verify(hooks) -> None:
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    failed = []
+    for target, hook, _ in hooks:
+        current = pkgutil.resolve_name(target)
+        applied = current is hook or _wraps(current, hook)
+        if target not in HookRegistry._patched or not applied:
+            failed.append(target)
+    if failed:
+        raise AtomStartupError(
+            f"sglang-atom: SGLang did not apply its hooks on {', '.join(failed)} (see the "
+            f"'Failed to apply hooks' log above); --backend atom cannot run without them."
+        )
+
+
+def _wraps(fn, hook) -> bool:
+    """Whether `fn` is a HookRegistry wrapper around `hook` (an AROUND/AFTER closure)."""
+    cells = getattr(fn, "__closure__", None) or ()
+    return getattr(fn, "__wrapped__", None) is not None and any(
+        c.cell_contents is hook for c in cells
+    )
+
+
+def installed() -> bool:
+    return bool(_registered)

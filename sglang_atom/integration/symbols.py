@@ -1,0 +1,56 @@
+"""Every SGLang internal sglang-atom relies on, checked before any hook is installed."""
+
+from __future__ import annotations
+
+import pkgutil
+
+SUPPORTED_SGLANG = "0.5.17"
+
+# Hook targets for argument parsing (installed in every process, whatever the backend).
+CLI_TARGETS = (
+    "sglang.srt.server_args.ServerArgs.add_cli_args",
+    "sglang.srt.server_args.ServerArgs.from_cli_args",
+    "sglang.srt.server_args.ServerArgs.__post_init__",
+)
+
+# Hook targets that change serving (installed only with --backend atom).
+SCHEDULER_TARGETS = (
+    "sglang.srt.managers.scheduler.Scheduler.init_schedule_policy",
+    "sglang.srt.managers.scheduler.Scheduler.get_new_batch_prefill",
+    "sglang.srt.managers.scheduler.Scheduler.get_next_batch_to_run",
+)
+# 0.5.17's DP controller process does not load plugins; the launcher points its process target
+# at a callable of ours that does (later SGLang releases call load_plugins() there themselves).
+DP_CONTROLLER_TARGET = "sglang.srt.entrypoints.engine.run_data_parallel_controller_process"
+
+# Other internals read by the hooks.
+OTHER_SYMBOLS = (
+    "sglang.srt.managers.schedule_batch.NextBatchPlan",
+    "sglang.srt.managers.data_parallel_controller.run_data_parallel_controller_process",
+    "sglang.srt.plugins.hook_registry.HookRegistry",
+)
+
+
+class SGLangMismatch(RuntimeError):
+    pass
+
+
+def missing(names) -> list[str]:
+    absent = []
+    for name in names:
+        try:
+            pkgutil.resolve_name(name)
+        except (ImportError, AttributeError, ValueError):
+            absent.append(name)
+    return absent
+
+
+def require(names) -> None:
+    absent = missing(names)
+    if absent:
+        import sglang
+
+        raise SGLangMismatch(
+            f"sglang-atom supports SGLang {SUPPORTED_SGLANG}, but SGLang {sglang.__version__} lacks "
+            f"{', '.join(absent)}; install sglang=={SUPPORTED_SGLANG} or use --backend sglang."
+        )

@@ -1,0 +1,61 @@
+"""Prometheus metrics of sglang-atom, served through SGLang's /metrics (`--enable-metrics`).
+
+SGLang runs prometheus_client in multiprocess mode, so metrics created in a scheduler process
+appear on the HTTP server's endpoint. Only TP rank 0 records (every rank decides the same).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .admission.policy import Decision
+
+HELD_PASSES_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+HELD_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+RATIO_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+@dataclass
+class AtomMetrics:
+    decisions: object
+    held_passes: object
+    held_seconds: object
+    padding: object
+
+    @classmethod
+    def create(cls) -> "AtomMetrics":
+        from prometheus_client import Counter, Histogram
+
+        return cls(
+            decisions=Counter(
+                "sglang:atom_admission_decisions_total",
+                "Admission decisions per scheduler pass, by decision (fire/hold) and reason.",
+                ["decision", "reason"],
+            ),
+            held_passes=Histogram(
+                "sglang:atom_admission_held_passes",
+                "Consecutive scheduler passes prefill was held before it fired.",
+                buckets=HELD_PASSES_BUCKETS,
+            ),
+            held_seconds=Histogram(
+                "sglang:atom_admission_held_seconds",
+                "Seconds prefill was held before it fired.",
+                buckets=HELD_SECONDS_BUCKETS,
+            ),
+            padding=Histogram(
+                "sglang:atom_gathered_rows_padding_ratio",
+                "Per forward pass with DP attention: 1 - sum(rows) / (dp_size * max(rows)) over the "
+                "ranks' token rows, i.e. the padding share if every rank were padded to the largest.",
+                buckets=RATIO_BUCKETS,
+            ),
+        )
+
+    def decision(self, decision: Decision) -> None:
+        self.decisions.labels("fire" if decision.fire else "hold", decision.reason).inc()
+
+    def hold_ended(self, passes: int, seconds: float) -> None:
+        self.held_passes.observe(passes)
+        self.held_seconds.observe(seconds)
+
+    def gathered_rows(self, ratio: float) -> None:
+        self.padding.observe(ratio)

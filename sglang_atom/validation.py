@@ -1,0 +1,91 @@
+"""Which flag combinations `--backend atom` accepts, and the one line saying what is active.
+
+Pure Python over the plain values of SGLang's ServerArgs that matter (`ServingSetup`), so every
+error message is unit-tested without SGLang. Each error is one sentence saying what to change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import AtomConfig, AtomConfigError
+from .platform import PlatformPlan
+
+SUPPORTED_ARCHITECTURES = ("Qwen3MoeForCausalLM", "DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM")
+
+
+@dataclass(frozen=True)
+class ServingSetup:
+    architecture: str | None  # None for SGLang's "dummy" model path (no config to read)
+    dp_attention: bool
+    dp_size: int
+    tp_size: int
+    moe_a2a_backend: str
+    prefill_delayer: bool
+    two_batch_overlap: bool
+    disaggregation_mode: str  # "null", "prefill" or "decode"
+    pp_size: int = 1
+
+
+def check(cfg: AtomConfig, setup: ServingSetup) -> None:
+    """Raise AtomConfigError for a combination `--backend atom` cannot serve."""
+    if setup.architecture is not None and setup.architecture not in SUPPORTED_ARCHITECTURES:
+        raise AtomConfigError(
+            f"--backend atom supports {', '.join(SUPPORTED_ARCHITECTURES)}, but this model is "
+            f"{setup.architecture}; serve it with --backend sglang."
+        )
+    if setup.moe_a2a_backend != "none":
+        raise AtomConfigError(
+            f"--backend atom runs MoE over all_gather/reduce_scatter and cannot use "
+            f"--moe-a2a-backend {setup.moe_a2a_backend}; drop --moe-a2a-backend or use --backend sglang."
+        )
+    if setup.prefill_delayer and cfg.admission != "off":
+        raise AtomConfigError(
+            "--enable-prefill-delayer and sglang-atom's admission policy both gate prefill; "
+            "drop --enable-prefill-delayer, or pass --atom-admission off to keep SGLang's delayer."
+        )
+    if setup.two_batch_overlap and not setup.dp_attention:
+        raise AtomConfigError(
+            "--enable-two-batch-overlap with --backend atom overlaps the DP all_gather/reduce_scatter "
+            "and needs --enable-dp-attention; add it or drop --enable-two-batch-overlap."
+        )
+    if setup.pp_size > 1:
+        raise AtomConfigError(
+            "--backend atom does not support pipeline parallelism; drop --pp-size or use --backend sglang."
+        )
+    if setup.disaggregation_mode == "decode" and setup.two_batch_overlap:
+        raise AtomConfigError(
+            "--backend atom overlaps prefill only; drop --enable-two-batch-overlap on a "
+            "--disaggregation-mode decode server."
+        )
+
+
+def admission_active(cfg: AtomConfig, setup: ServingSetup) -> bool:
+    return (cfg.enabled and cfg.admission != "off" and setup.dp_attention and setup.dp_size > 1
+            and setup.disaggregation_mode != "decode")
+
+
+def tbo_active(cfg: AtomConfig, setup: ServingSetup) -> bool:
+    return cfg.enabled and setup.two_batch_overlap and setup.dp_attention and setup.dp_size > 1
+
+
+def summary(cfg: AtomConfig, setup: ServingSetup, plan: PlatformPlan) -> str:
+    """The startup line: what is active, and why a feature is off when it is."""
+    if admission_active(cfg, setup):
+        admission = (f"admission=coalesce(target_fill={cfg.admission_target_fill}, "
+                     f"align={int(cfg.admission_align)}, max_hold={cfg.admission_max_hold_passes} passes, "
+                     f"max_wait={cfg.admission_max_wait_ms} ms)")
+    elif cfg.admission == "off":
+        admission = "admission=off (--atom-admission off)"
+    elif not setup.dp_attention or setup.dp_size <= 1:
+        admission = "admission=off (needs --enable-dp-attention with --dp > 1)"
+    else:
+        admission = "admission=off (no prefill on a decode-disaggregated server)"
+    if tbo_active(cfg, setup):
+        tbo = f"tbo=prefill over all_gather/reduce_scatter (min {cfg.tbo_min_tokens} tokens/rank)"
+    elif not setup.two_batch_overlap:
+        tbo = "tbo=off (--enable-two-batch-overlap not given)"
+    else:
+        tbo = "tbo=off (needs --enable-dp-attention with --dp > 1)"
+    return (f"sglang-atom active: {admission} | {tbo} | moe_kernel={plan.moe_kernel} ({plan.platform}) | "
+            f"collectives={plan.collective_backend} all_gather/reduce_scatter")

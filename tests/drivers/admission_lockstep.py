@@ -1,0 +1,135 @@
+"""Drive sglang-atom's admission through SGLang's Scheduler code on 4 gloo ranks (CPU).
+
+The launcher part parses real ServerArgs with --backend atom (installing the hooks and
+publishing the config to the environment, as `sglang.launch_server` does), then spawns 4
+processes. Each loads plugins the way SGLang's scheduler processes do, builds a real `Scheduler`
+object without a model (only the attributes the prefill path reads), runs the hooked
+`Scheduler.init_schedule_policy` and then, every pass, the hooked
+`Scheduler.get_new_batch_prefill`. Workloads are random per rank; the last rank never gets a
+request. Prints one JSON line: every rank's decision sequence and admitted counts.
+
+usage: python admission_lockstep.py MODEL_DIR PASSES SEED
+"""
+
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from types import SimpleNamespace
+
+import torch.multiprocessing as mp
+
+WORLD = 4
+
+
+def worker(rank, server_args, init_file, passes, seed, out_queue):
+    import logging
+
+    import torch.distributed as dist
+
+    from sglang.srt.plugins import load_plugins
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # as SGLang's scheduler does
+
+    load_plugins()  # as run_scheduler_process does: SGLANG_ATOM_BACKEND=atom installs the hooks
+    from sglang.srt.managers.scheduler import Scheduler
+    from sglang.srt.runtime_context import publish
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    publish(server_args, role="scheduler")
+
+    sched = Scheduler.__new__(Scheduler)
+    sched.server_args = server_args
+    sched.ps = SimpleNamespace(tp_rank=rank, tp_size=WORLD, attn_dp_size=WORLD, attn_tp_rank=0)
+    sched.tp_cpu_group = dist.group.WORLD
+    sched.schedule_policy = "fcfs"
+    sched.tree_cache = None
+    sched.enable_hierarchical_cache = False
+    sched.enable_priority_scheduling = False
+    sched.schedule_low_priority_values_first = False
+    sched.chunked_prefill_size = 2048
+    sched.max_prefill_tokens = 16384
+    sched.chunked_req = None
+    sched.waiting_queue = []
+    usage = SimpleNamespace(value=0.1)
+    sched.pool_stats_observer = SimpleNamespace(
+        get_pool_stats=lambda: SimpleNamespace(get_max_pool_usage=lambda: usage.value))
+    sched.init_schedule_policy()  # hooked: attaches the admission controller
+    assert sched._atom_admission is not None, "admission controller was not attached"
+
+    admitted = []
+
+    def prefill_raw(prefill_delayer_single_pass, running_batch):
+        """Stands in for SGLang's batch builder: admit waiting requests up to the budget."""
+        budget, batch = sched.chunked_prefill_size, []
+        while sched.waiting_queue and budget >= len(sched.waiting_queue[0].origin_input_ids):
+            req = sched.waiting_queue.pop(0)
+            budget -= len(req.origin_input_ids)
+            batch.append(req)
+        if not batch and sched.waiting_queue:  # the head is larger than a chunk: take it whole
+            batch.append(sched.waiting_queue.pop(0))
+        running_batch.reqs.extend(batch)
+        admitted.append(len(batch))
+        return (SimpleNamespace(reqs=batch) if batch else None), running_batch
+
+    sched._get_new_batch_prefill_raw = prefill_raw
+    rng = random.Random(seed * 100 + rank)
+    running = SimpleNamespace(reqs=[SimpleNamespace() for _ in range(rng.randint(0, 8))])
+    decisions, fired = [], 0
+    for step in range(passes):
+        if rank != WORLD - 1 and rng.random() < 0.3:  # the last rank never gets a request
+            for _ in range(rng.randint(1, 3)):
+                sched.waiting_queue.append(SimpleNamespace(
+                    origin_input_ids=[0] * rng.randint(50, 3000),
+                    time_stats=SimpleNamespace(wait_queue_entry_time=time.perf_counter()),
+                    prefix_indices=[]))
+        running.reqs = [r for r in running.reqs if rng.random() > 0.05]  # decodes finish
+        usage.value = rng.random() * 0.95
+        plan = sched.get_new_batch_prefill(running)  # hooked: gather + decide + maybe prefill
+        d = sched._atom_admission.last_decision
+        decisions.append([int(d.fire), d.reason])
+        fired += int(plan.batch_to_run is not None)
+    out_queue.put((rank, decisions, sum(admitted), len(sched.waiting_queue), fired))
+    dist.destroy_process_group()
+
+
+def main():
+    model, passes, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    from sglang.srt.plugins import load_plugins
+
+    load_plugins()
+    from sglang.srt.server_args import prepare_server_args
+
+    server_args = prepare_server_args([
+        "--model-path", model, "--device", "cpu", "--tp", str(WORLD), "--dp", str(WORLD),
+        "--enable-dp-attention", "--load-format", "dummy", "--skip-tokenizer-init",
+        "--backend", "atom", "--atom-admission-max-wait-ms", "100000",
+    ])
+    assert os.environ["SGLANG_ATOM_BACKEND"] == "atom"
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    init_file = tempfile.mktemp(prefix="atom_gloo_")
+    procs = [ctx.Process(target=worker, args=(r, server_args, init_file, passes, seed, queue))
+             for r in range(WORLD)]
+    for p in procs:
+        p.start()
+    results = {}
+    deadline = time.time() + 240
+    while len(results) < WORLD and time.time() < deadline:
+        try:
+            rank, decisions, admitted, left, fired = queue.get(timeout=5)
+            results[rank] = dict(decisions=decisions, admitted=admitted, left=left, fired=fired)
+        except Exception:
+            if any(p.exitcode not in (None, 0) for p in procs):
+                break
+    for p in procs:
+        p.join(timeout=10)
+        if p.is_alive():
+            p.kill()
+    print(json.dumps({"ranks": results, "exitcodes": [p.exitcode for p in procs]}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

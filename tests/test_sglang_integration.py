@@ -1,0 +1,207 @@
+"""Integration tier: the plugin against real SGLang 0.5.17 on CPU (real entry points, real
+ServerArgs parsing, real HookRegistry, gloo process groups). No mock of SGLang itself."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from sglang_helpers import CPU_ARGS, DEEPSEEK, QWEN, ROOT, last_json, run_python
+
+SCHEDULER_TARGETS = [
+    "sglang.srt.managers.scheduler.Scheduler.init_schedule_policy",
+    "sglang.srt.managers.scheduler.Scheduler.get_new_batch_prefill",
+    "sglang.srt.managers.scheduler.Scheduler.get_next_batch_to_run",
+]
+DP_TARGET = "sglang.srt.entrypoints.engine.run_data_parallel_controller_process"
+
+PARSE_AND_REPORT = """
+import json, os, pickle, pkgutil, sys
+from sglang.srt.plugins import load_plugins
+from sglang.srt.plugins.hook_registry import HookRegistry
+load_plugins()
+from sglang.srt.server_args import prepare_server_args
+sa = prepare_server_args(json.loads(sys.argv[1]) if len(sys.argv) > 1 else ARGV)
+targets = TARGETS
+print(json.dumps({
+    # a HookRegistry wrapper's code lives in hook_registry.py
+    "wrapped": {t: pkgutil.resolve_name(t).__code__.co_filename.endswith("hook_registry.py") for t in targets},
+    "patched": {t: t in HookRegistry._patched for t in targets},
+    "dp_target": pkgutil.resolve_name(DP).__module__,
+    "dp_target_pickles_to": pickle.dumps(pkgutil.resolve_name(DP)).decode("latin1"),
+    "backend_env": os.environ.get("SGLANG_ATOM_BACKEND"),
+    "config_env": json.loads(os.environ.get("SGLANG_ATOM_CONFIG", "{}")),
+}))
+"""
+
+
+def parse_and_report(argv, env=None):
+    code = (PARSE_AND_REPORT.replace("ARGV", repr(argv)).replace("TARGETS", repr(SCHEDULER_TARGETS))
+            .replace("DP", repr(DP_TARGET)))
+    proc = run_python(code, env)
+    return proc, last_json(proc)
+
+
+def test_entry_point_is_discovered_by_sglang():
+    proc = run_python(
+        "from sglang.srt.plugins import GENERAL_PLUGINS_GROUP, load_plugins_by_group\n"
+        "import json; p = load_plugins_by_group(GENERAL_PLUGINS_GROUP)\n"
+        "print(json.dumps({'names': sorted(p), 'func': p['sglang_atom'][0].__module__}))")
+    out = last_json(proc)
+    assert "sglang_atom" in out["names"]
+    assert out["func"] == "sglang_atom.plugin"
+
+
+def test_launch_server_help_lists_the_flags():
+    proc = subprocess.run([sys.executable, "-m", "sglang.launch_server", "--help"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for flag in ("--backend {sglang,atom}", "--atom-admission-target-fill", "--atom-admission-max-wait-ms",
+                 "--atom-tbo-min-tokens", "--atom-moe-kernel"):
+        assert flag in proc.stdout
+
+
+def test_backend_atom_parses_installs_and_verifies_hooks():
+    argv = ["--model-path", QWEN, *CPU_ARGS, "--tp", "4", "--dp", "4", "--enable-dp-attention",
+            "--backend", "atom", "--atom-admission-target-fill", "0.6"]
+    proc, out = parse_and_report(argv)
+    assert all(out["wrapped"].values()) and all(out["patched"].values()), out
+    assert out["dp_target"] == "sglang_atom.integration.runtime"
+    assert "sglang_atom.integration.runtime" in out["dp_target_pickles_to"]
+    assert out["backend_env"] == "atom"
+    assert out["config_env"]["admission_target_fill"] == 0.6
+
+
+def test_backend_sglang_leaves_sglang_untouched():
+    argv = ["--model-path", QWEN, *CPU_ARGS, "--tp", "4", "--dp", "4", "--enable-dp-attention"]
+    proc, out = parse_and_report(argv)
+    assert not any(out["wrapped"].values()) and not any(out["patched"].values()), out
+    assert out["dp_target"] == "sglang.srt.managers.data_parallel_controller"
+    assert out["backend_env"] == "sglang"
+    assert "sglang-atom active" not in proc.stderr
+
+
+def test_deepseek_v3_parses_with_atom():
+    argv = ["--model-path", DEEPSEEK, *CPU_ARGS, "--tp", "4", "--dp", "4", "--enable-dp-attention",
+            "--backend", "atom"]
+    proc, out = parse_and_report(argv)
+    assert all(out["wrapped"].values()), out
+
+
+def test_engine_api_switch_is_the_environment_variable():
+    """sglang.Engine(**kwargs) builds ServerArgs directly after load_plugins(): same hooks, same checks."""
+    code = (
+        "import json, pkgutil\n"
+        "from sglang.srt.plugins import load_plugins\n"
+        "load_plugins()\n"
+        "from sglang.srt.server_args import ServerArgs\n"
+        f"sa = ServerArgs(model_path={QWEN!r}, device='cpu', tp_size=2, dp_size=2,"
+        " enable_dp_attention=True, load_format='dummy', skip_tokenizer_init=True)\n"
+        f"f = pkgutil.resolve_name({SCHEDULER_TARGETS[1]!r})\n"
+        "print(json.dumps({'wrapped': f.__code__.co_filename.endswith('hook_registry.py')}))\n"
+    )
+    proc = run_python(code, {"SGLANG_ATOM_BACKEND": "atom"})
+    assert last_json(proc) == {"wrapped": True}
+
+
+ERROR_CASES = {
+    "architecture": (["--model-path", "LLAMA"],
+                     "--backend atom supports Qwen3MoeForCausalLM, DeepseekV2ForCausalLM, "
+                     "DeepseekV3ForCausalLM, but this model is LlamaForCausalLM; serve it with --backend sglang."),
+    "a2a": (["--moe-a2a-backend", "deepep"],
+            "--backend atom runs MoE over all_gather/reduce_scatter and cannot use --moe-a2a-backend deepep"),
+    "delayer": (["--enable-prefill-delayer"],
+                "--enable-prefill-delayer and sglang-atom's admission policy both gate prefill"),
+    "pipeline": (["--pp-size", "2"], "--backend atom does not support pipeline parallelism"),
+    "fill_range": (["--atom-admission-target-fill", "1.5"],
+                   "--atom-admission-target-fill must be <= 1.0, got 1.5"),
+    "hold_range": (["--atom-admission-max-hold-passes", "-3"],
+                   "--atom-admission-max-hold-passes must be >= 0, got -3"),
+    "tbo_range": (["--atom-tbo-min-tokens", "1"], "--atom-tbo-min-tokens must be >= 2, got 1"),
+    "aiter_on_cpu": (["--atom-moe-kernel", "aiter"], "--atom-moe-kernel aiter needs a ROCm GPU"),
+}
+
+ERRORS_SCRIPT = """
+import json, os, sys
+from sglang.srt.plugins import load_plugins
+load_plugins()
+from sglang.srt.server_args import prepare_server_args
+cases, base, llama = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
+out = {}
+for name, (extra, _) in cases.items():
+    argv = list(base)
+    if "--model-path" in extra:
+        argv[argv.index("--model-path") + 1] = llama
+        extra = []
+    try:
+        prepare_server_args(argv + extra)
+        out[name] = None
+    except BaseException as exc:
+        out[name] = [type(exc).__name__, str(exc)]
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def error_results(tmp_path_factory):
+    llama = tmp_path_factory.mktemp("llama")
+    (llama / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 256,
+        "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 4, "vocab_size": 1024, "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-6, "torch_dtype": "bfloat16"}))
+    base = ["--model-path", QWEN, *CPU_ARGS, "--tp", "2", "--dp", "2", "--enable-dp-attention",
+            "--backend", "atom"]
+    proc = subprocess.run([sys.executable, "-c", ERRORS_SCRIPT, json.dumps(ERROR_CASES), json.dumps(base),
+                           str(llama)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    return last_json(proc)
+
+
+@pytest.mark.parametrize("case", sorted(ERROR_CASES))
+def test_unsupported_combinations_fail_with_one_sentence(error_results, case):
+    result = error_results[case]
+    assert result is not None, f"{case}: parsed without error"
+    kind, message = result
+    assert kind == "AtomConfigError"
+    assert ERROR_CASES[case][1] in message
+
+
+def test_tbo_without_dp_attention_is_refused():
+    argv = ["--model-path", QWEN, *CPU_ARGS, "--tp", "2", "--backend", "atom", "--enable-two-batch-overlap"]
+    code = PARSE_AND_REPORT.replace("ARGV", repr(argv)).replace("TARGETS", "[]").replace("DP", repr(DP_TARGET))
+    proc = run_python(code)
+    assert proc.returncode != 0
+    assert ("--enable-two-batch-overlap with --backend atom overlaps the DP all_gather/reduce_scatter "
+            "and needs --enable-dp-attention") in proc.stderr
+
+
+def test_environment_switch_conflicting_with_cli_is_refused():
+    argv = ["--model-path", QWEN, *CPU_ARGS, "--backend", "sglang"]
+    code = PARSE_AND_REPORT.replace("ARGV", repr(argv)).replace("TARGETS", "[]").replace("DP", repr(DP_TARGET))
+    proc = run_python(code, {"SGLANG_ATOM_BACKEND": "atom"})
+    assert proc.returncode != 0
+    assert "SGLANG_ATOM_BACKEND=atom is set in the environment but --backend sglang was given" in proc.stderr
+
+
+def test_admission_decisions_stay_in_lockstep_on_four_gloo_ranks():
+    """Real hooked Scheduler methods on 4 gloo ranks, random workloads, one rank never loaded."""
+    for seed in (1, 2):
+        proc = subprocess.run([sys.executable, str(ROOT / "tests/drivers/admission_lockstep.py"), QWEN,
+                               "150", str(seed)], capture_output=True, text=True, timeout=400, cwd=ROOT)
+        out = last_json(proc)
+        assert out["exitcodes"] == [0, 0, 0, 0], proc.stderr[-4000:]
+        ranks = out["ranks"]
+        assert sorted(ranks) == ["0", "1", "2", "3"]
+        sequences = [ranks[r]["decisions"] for r in sorted(ranks)]
+        assert all(s == sequences[0] for s in sequences), "ranks diverged"
+        assert len(sequences[0]) == 150
+        holds = 0
+        for fire, _reason in sequences[0]:
+            holds = 0 if fire else holds + 1
+            assert holds <= 32
+        assert {reason for fire, reason in sequences[0] if not fire} <= {"align", "fill_wait"}
+        assert proc.stderr.count("sglang-atom active: admission=coalesce(target_fill=0.7") == 1
+        assert "tbo=off (--enable-two-batch-overlap not given)" in proc.stderr
+        assert ranks["3"]["admitted"] == 0  # the idle rank joined every exchange with nothing to do
+        assert all(ranks[r]["admitted"] > 0 for r in "012")
