@@ -49,6 +49,11 @@ def check(cfg: AtomConfig, setup: ServingSetup) -> None:
             "--enable-two-batch-overlap with --backend atom overlaps the DP all_gather/reduce_scatter "
             "and needs --enable-dp-attention; add it or drop --enable-two-batch-overlap."
         )
+    if setup.two_batch_overlap:
+        raise AtomConfigError(
+            "two-batch overlap over all_gather/reduce_scatter is not available in this build of "
+            "sglang-atom yet; drop --enable-two-batch-overlap."
+        )
     if setup.pp_size > 1:
         raise AtomConfigError(
             "--backend atom does not support pipeline parallelism; drop --pp-size or use --backend sglang."

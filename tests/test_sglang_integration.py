@@ -120,6 +120,8 @@ ERROR_CASES = {
                    "--atom-admission-max-hold-passes must be >= 0, got -3"),
     "tbo_range": (["--atom-tbo-min-tokens", "1"], "--atom-tbo-min-tokens must be >= 2, got 1"),
     "aiter_on_cpu": (["--atom-moe-kernel", "aiter"], "--atom-moe-kernel aiter needs a ROCm GPU"),
+    "tbo_not_yet": (["--enable-two-batch-overlap"],
+                    "two-batch overlap over all_gather/reduce_scatter is not available in this build"),
 }
 
 ERRORS_SCRIPT = """

@@ -1,0 +1,219 @@
+"""Serving measurement: start/stop an SGLang server, drive it at fixed concurrency, summarize.
+
+The client reports the metrics `sglang.bench_serving` reports (TTFT, TPOT, ITL and E2E
+percentiles, input/output tok/s, tok/s per GPU and per user) but sends token ids straight to
+`/generate`, so servers run with `--skip-tokenizer-init` and dummy weights need no tokenizer.
+Workloads follow InferenceX's "random" dataset: input and output lengths uniform in
+[range_ratio * L, L].
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+
+
+# ----------------------------------------------------------------------------- server
+class Server:
+    """`python -m sglang.launch_server ARGS` in its own process group, logging to a file."""
+
+    def __init__(self, args: list[str], log_path: str, port: int = 30000, env: dict | None = None):
+        self.args, self.log_path, self.port = args, log_path, port
+        self.url = f"http://127.0.0.1:{port}"
+        self.env = {**os.environ, **(env or {})}
+        self.proc = None
+
+    def __enter__(self):
+        cmd = [sys.executable, "-m", "sglang.launch_server", *self.args, "--port", str(self.port),
+               "--host", "127.0.0.1"]
+        self.log = open(self.log_path, "w")
+        self.log.write("$ " + " ".join(cmd) + "\n")
+        self.log.flush()
+        self.started = time.time()
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=self.env,
+                                     start_new_session=True)
+        return self
+
+    def wait_ready(self, timeout: float = 400) -> float:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log_path}")
+            try:
+                with urllib.request.urlopen(self.url + "/get_model_info", timeout=2) as r:
+                    if r.status == 200:
+                        return time.time() - self.started
+            except OSError:
+                pass
+            time.sleep(2)
+        raise TimeoutError(f"server not ready after {timeout} s; see {self.log_path}")
+
+    def get(self, path: str) -> str:
+        with urllib.request.urlopen(self.url + path, timeout=10) as r:
+            return r.read().decode()
+
+    def __exit__(self, *exc):
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        # stray children (schedulers) of a crashed launcher
+        subprocess.run(["pkill", "-9", "-f", "sglang::"], check=False)
+        self.log.close()
+
+
+# ----------------------------------------------------------------------------- workload
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    input_len: int
+    output_len: int
+    input_ratio: float = 0.8  # InferenceX's --random-range-ratio
+    output_ratio: float = 0.8
+    vocab: int = 30000  # token ids drawn from [100, vocab)
+
+    def requests(self, n: int, seed: int = 0) -> list[tuple[list[int], int]]:
+        rng = random.Random(seed)
+        out = []
+        for _ in range(n):
+            n_in = rng.randint(int(self.input_len * self.input_ratio), self.input_len)
+            n_out = rng.randint(int(self.output_len * self.output_ratio), self.output_len)
+            out.append(([rng.randrange(100, self.vocab) for _ in range(n_in)], n_out))
+        return out
+
+
+WORKLOADS = {
+    "short": Workload("short", 2400, 64, input_ratio=1 / 3, output_ratio=1.0),  # 800-2400 in, 64 out
+    "1k1k": Workload("1k1k", 1024, 1024),
+    "8k1k": Workload("8k1k", 8192, 1024),
+}
+
+
+# ----------------------------------------------------------------------------- client
+@dataclass
+class Record:
+    input_len: int
+    output_len: int = 0
+    ttft: float = 0.0
+    e2e: float = 0.0
+    itl: list = field(default_factory=list)
+    error: str = ""
+
+
+async def _one(session, url, ids, max_new, record: Record):
+    payload = {"input_ids": ids, "stream": True,
+               "sampling_params": {"max_new_tokens": max_new, "temperature": 0.0, "ignore_eos": True}}
+    start = time.perf_counter()
+    last = start
+    try:
+        async with session.post(url + "/generate", json=payload) as resp:
+            if resp.status != 200:
+                record.error = f"HTTP {resp.status}: {(await resp.text())[:200]}"
+                return
+            async for raw in resp.content:
+                line = raw.decode().strip()
+                if not line.startswith("data:") or line == "data: [DONE]":
+                    continue
+                now = time.perf_counter()
+                data = json.loads(line[5:])
+                n = data.get("meta_info", {}).get("completion_tokens", 0)
+                if record.ttft == 0.0:
+                    record.ttft = now - start
+                elif n > record.output_len:
+                    record.itl.append((now - last) / (n - record.output_len))
+                record.output_len = max(record.output_len, n)
+                last = now
+    except Exception as exc:  # noqa: BLE001 - a failed request is a result, not a crash
+        record.error = repr(exc)[:200]
+    record.e2e = time.perf_counter() - start
+
+
+async def run_load(url: str, reqs: list[tuple[list[int], int]], concurrency: int,
+                   progress: str = "") -> tuple[list[Record], float]:
+    """Closed loop: `concurrency` clients, each sends its next request when the last finishes."""
+    import aiohttp
+
+    records = [Record(len(ids)) for ids, _ in reqs]
+    queue = list(range(len(reqs)))
+    done = [0]
+    timeout = aiohttp.ClientTimeout(total=3600)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        async def client():
+            while queue:
+                i = queue.pop(0)
+                await _one(session, url, reqs[i][0], reqs[i][1], records[i])
+                done[0] += 1
+                if progress and done[0] % max(1, len(reqs) // 4) == 0:
+                    print(f"  {progress}: {done[0]}/{len(reqs)} done", flush=True)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        return records, time.perf_counter() - start
+
+
+def load(url, reqs, concurrency, progress=""):
+    return asyncio.run(run_load(url, reqs, concurrency, progress))
+
+
+# ----------------------------------------------------------------------------- summary
+def _pct(values, q):
+    if not values:
+        return 0.0
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
+
+
+def summarize(records: list[Record], duration: float, n_gpus: int, concurrency: int) -> dict:
+    ok = [r for r in records if not r.error]
+    itl = [x for r in ok for x in r.itl]
+    tpot = [(r.e2e - r.ttft) / (r.output_len - 1) for r in ok if r.output_len > 1]
+    in_tok = sum(r.input_len for r in ok)
+    out_tok = sum(r.output_len for r in ok)
+    ms = 1000.0
+    out = {
+        "completed": len(ok), "failed": len(records) - len(ok), "duration_s": round(duration, 3),
+        "concurrency": concurrency, "n_gpus": n_gpus,
+        "input_tok_s": round(in_tok / duration, 1), "output_tok_s": round(out_tok / duration, 1),
+        "total_tok_s_per_gpu": round((in_tok + out_tok) / duration / n_gpus, 1),
+        "output_tok_s_per_user": round(1.0 / statistics.mean(tpot), 2) if tpot else 0.0,
+    }
+    for name, vals in (("ttft", [r.ttft for r in ok]), ("tpot", tpot), ("itl", itl),
+                       ("e2e", [r.e2e for r in ok])):
+        out[f"mean_{name}_ms"] = round(statistics.mean(vals) * ms, 2) if vals else 0.0
+        for q in (50, 90, 99):
+            out[f"p{q}_{name}_ms"] = round(_pct(vals, q) * ms, 2)
+    if records and not ok:
+        out["first_error"] = records[0].error
+    return out
+
+
+def scrape(metrics_text: str, prefix: str = "sglang:atom_") -> dict:
+    """The sglang-atom series of a Prometheus text page, summed over label sets per name+labels."""
+    out = {}
+    for line in metrics_text.splitlines():
+        if line.startswith(prefix):
+            key, _, value = line.rpartition(" ")
+            try:
+                out[key] = out.get(key, 0.0) + float(value)
+            except ValueError:
+                continue
+    return out
+
+
+def record_json(path: str, data: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+

@@ -1,0 +1,64 @@
+"""The benchmark client against a local stand-in for SGLang's streaming /generate (loopback only)."""
+
+import asyncio
+import json
+import sys
+import threading
+from pathlib import Path
+
+from aiohttp import web
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from serving import WORKLOADS, Workload, load, scrape, summarize  # noqa: E402
+
+
+async def generate(request):
+    body = await request.json()
+    n = body["sampling_params"]["max_new_tokens"]
+    resp = web.StreamResponse()
+    await resp.prepare(request)
+    for i in range(1, n + 1):
+        await asyncio.sleep(0.001)
+        chunk = {"output_ids": [7] * i, "meta_info": {"completion_tokens": i,
+                                                      "prompt_tokens": len(body["input_ids"])}}
+        await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+    await resp.write(b"data: [DONE]\n\n")
+    return resp
+
+
+def serve_in_thread():
+    loop = asyncio.new_event_loop()
+    app = web.Application()
+    app.router.add_post("/generate", generate)
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = site._server.sockets[0].getsockname()[1]
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    return f"http://127.0.0.1:{port}"
+
+
+def test_workload_lengths_follow_the_range_ratio():
+    reqs = Workload("x", 1000, 100).requests(200, seed=3)
+    assert all(800 <= len(ids) <= 1000 and 80 <= n <= 100 for ids, n in reqs)
+    short = WORKLOADS["short"].requests(200, seed=3)
+    assert all(800 <= len(ids) <= 2400 and n == 64 for ids, n in short)
+
+
+def test_client_measures_streamed_requests():
+    url = serve_in_thread()
+    reqs = [([1] * 50, 8)] * 12
+    records, secs = load(url, reqs, concurrency=4)
+    assert all(not r.error for r in records)
+    assert all(r.output_len == 8 and len(r.itl) == 7 and 0 < r.ttft < r.e2e for r in records)
+    summary = summarize(records, secs, n_gpus=2, concurrency=4)
+    assert summary["completed"] == 12 and summary["failed"] == 0
+    assert summary["input_tok_s"] == round(600 / secs, 1)
+    assert summary["p50_itl_ms"] > 0.5 and summary["output_tok_s_per_user"] > 0
+
+
+def test_scrape_sums_series():
+    page = ('# HELP x\nsglang:atom_admission_decisions_total{decision="fire",reason="fill"} 3.0\n'
+            'sglang:num_running_reqs 4\nsglang:atom_admission_decisions_total{decision="fire",reason="fill"} 2.0\n')
+    assert scrape(page) == {'sglang:atom_admission_decisions_total{decision="fire",reason="fill"}': 5.0}
