@@ -85,3 +85,12 @@ def test_summary_says_why_features_are_off():
     assert "moe_kernel=triton (cuda) | collectives=nccl" in line
     line = summary(AtomConfig(backend="atom", admission="off"), off, plan("rocm", "auto", {}))
     assert "admission=off (--atom-admission off)" in line and "moe_kernel=aiter (rocm)" in line
+
+
+def test_readme_documents_every_flag():
+    import dataclasses
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for f in dataclasses.fields(AtomConfig):
+        assert f"`{AtomConfig.flag_name(f.name)}" in readme, f.name

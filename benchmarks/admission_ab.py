@@ -1,0 +1,134 @@
+"""A/B of DP prefill admission: plain SGLang vs SGLang's PrefillDelayer vs `--backend atom`.
+
+    python3 benchmarks/admission_ab.py --out DIR --tp 4 --dp 4 \
+        --configs plain,delayer,atom --workloads short,8k1k --concurrency 64,128,256 --repeats 2
+
+For each server config it starts the server, warms it up (excluded from results), runs every
+workload x concurrency x repeat with the same client and requests, scrapes sglang-atom's
+metrics around each run, and stops the server. `--calibrate` adds step-time probes (prefill
+TTFT by size, decode ITL by batch) on the first config, for the simulator's step-time model.
+Writes DIR/ab.json (command, machine, date, every run) and one server log per config. Stops
+starting new work once --deadline-s has passed so the run ends inside the device's limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import re
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from serve_smoke import BASE_FLAGS, machine  # noqa: E402
+from serving import WORKLOADS, Server, Workload, load, record_json, scrape, summarize  # noqa: E402
+
+CONFIGS = {
+    "plain": [],
+    "delayer": ["--enable-prefill-delayer"],
+    "atom": ["--backend", "atom"],
+    # plain SGLang scheduling plus sglang-atom's observer: the padding-ratio baseline
+    "observe": ["--backend", "atom", "--atom-admission", "off"],
+}
+
+
+def histogram_mean(before: dict, after: dict, name: str) -> float | None:
+    def total(d, suffix):
+        return sum(v for k, v in d.items() if k.startswith(name + suffix))
+    n = total(after, "_count") - total(before, "_count")
+    return round((total(after, "_sum") - total(before, "_sum")) / n, 4) if n > 0 else None
+
+
+def counter_delta(before: dict, after: dict, name: str) -> dict:
+    out = {}
+    for key, value in after.items():
+        if key.startswith(name):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', key))
+            out[f"{labels.get('decision')}:{labels.get('reason')}"] = value - before.get(key, 0.0)
+    return {k: v for k, v in out.items() if v}
+
+
+def calibrate(url: str, dp: int) -> dict:
+    """Step-time probes: prefill TTFT with one request of N tokens per rank; decode ITL at B per rank."""
+    probes = {"prefill_ttft_ms": {}, "decode_itl_ms": {}}
+    for n in (1024, 4096, 8192):
+        reqs = Workload("p", n, 1, 1.0, 1.0).requests(dp, seed=n)
+        records, _ = load(url, reqs, dp)
+        probes["prefill_ttft_ms"][n] = round(1000 * sum(r.ttft for r in records) / len(records), 2)
+    for b in (1, 16, 64):
+        reqs = Workload("d", 16, 96, 1.0, 1.0).requests(b * dp, seed=b)
+        records, secs = load(url, reqs, b * dp)
+        probes["decode_itl_ms"][b] = summarize(records, secs, dp, b * dp)["p50_itl_ms"]
+    return probes
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--model", default="models/qwen3-moe-tiny")
+    ap.add_argument("--tp", type=int, default=4)
+    ap.add_argument("--dp", type=int, default=4)
+    ap.add_argument("--configs", default="plain,delayer,atom")
+    ap.add_argument("--workloads", default="short")
+    ap.add_argument("--concurrency", default="64,128,256")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--requests-per-client", type=int, default=2)
+    ap.add_argument("--min-requests", type=int, default=256)
+    ap.add_argument("--calibrate", action="store_true")
+    ap.add_argument("--extra", default="", help="extra server flags for every config")
+    ap.add_argument("--deadline-s", type=float, default=540)
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    t0 = time.time()
+    result = {"command": "python3 benchmarks/admission_ab.py " + " ".join(sys.argv[1:]),
+              "machine": machine(),
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "runs": [], "skipped": []}
+    base = ["--model-path", args.model, "--tp", str(args.tp), "--dp", str(args.dp),
+            "--enable-dp-attention", "--enable-metrics", *BASE_FLAGS, *args.extra.split()]
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    for ci, name in enumerate(args.configs.split(",")):
+        if time.time() - t0 > args.deadline_s:
+            result["skipped"].append(name)
+            continue
+        server_args = base + CONFIGS[name]
+        print(f"== {name}: starting ({time.time() - t0:.0f} s elapsed)", flush=True)
+        with Server(server_args, os.path.join(args.out, f"server_{name}.log")) as server:
+            startup = server.wait_ready()
+            warm = WORKLOADS["short"].requests(2 * args.dp, seed=99)
+            _, warm_s = load(server.url, warm, args.dp)
+            print(f"   ready {startup:.0f} s, warm-up {warm_s:.0f} s", flush=True)
+            if args.calibrate and ci == 0:
+                result["calibration"] = {"config": name, **calibrate(server.url, args.dp)}
+                print(f"   calibration {result['calibration']}", flush=True)
+            for wname in args.workloads.split(","):
+                for conc in concurrencies:
+                    n = max(args.min_requests, args.requests_per_client * conc)
+                    reqs = WORKLOADS[wname].requests(n, seed=conc)
+                    for rep in range(args.repeats):
+                        if time.time() - t0 > args.deadline_s:
+                            result["skipped"].append(f"{name}/{wname}/c{conc}/r{rep}")
+                            continue
+                        before = scrape(server.get("/metrics"))
+                        records, secs = load(server.url, reqs, conc)
+                        after = scrape(server.get("/metrics"))
+                        row = {"config": name, "workload": wname, "concurrency": conc, "repeat": rep,
+                               "requests": n, "startup_s": round(startup, 1),
+                               **summarize(records, secs, args.tp, conc),
+                               "padding_ratio_mean": histogram_mean(
+                                   before, after, "sglang:atom_gathered_rows_padding_ratio"),
+                               "decisions": counter_delta(
+                                   before, after, "sglang:atom_admission_decisions_total")}
+                        result["runs"].append(row)
+                        record_json(os.path.join(args.out, "ab.json"), result)
+                        print(f"   {wname} c{conc} r{rep}: in {row['input_tok_s']:.0f} tok/s, "
+                              f"out {row['output_tok_s']:.0f} tok/s, TTFT {row['mean_ttft_ms']:.0f} ms, "
+                              f"pad {row['padding_ratio_mean']}, {secs:.1f} s", flush=True)
+    result["elapsed_s"] = round(time.time() - t0, 1)
+    record_json(os.path.join(args.out, "ab.json"), result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
