@@ -15,6 +15,7 @@ def register() -> None:
     for target, hook, kind in (
         (symbols.CLI_TARGETS[0], cli.after_add_cli_args, HookType.AFTER),
         (symbols.CLI_TARGETS[1], cli.around_from_cli_args, HookType.AROUND),
+        (symbols.CLI_TARGETS[2], cli.before_post_init, HookType.BEFORE),
         (symbols.CLI_TARGETS[2], cli.after_post_init, HookType.AFTER),
     ):
         HookRegistry.register(target, hook, kind)

@@ -207,3 +207,20 @@ def test_admission_decisions_stay_in_lockstep_on_four_gloo_ranks():
         assert "tbo=off (--enable-two-batch-overlap not given)" in proc.stderr
         assert ranks["3"]["admitted"] == 0  # the idle rank joined every exchange with nothing to do
         assert all(ranks[r]["admitted"] > 0 for r in "012")
+
+
+def test_cuda_platform_defaults_are_applied_before_resolution():
+    """Fake the platform probe as CUDA: the Triton MoE runner is chosen while ServerArgs is
+    still writable (SGLang makes it read-only once resolved)."""
+    code = (
+        "import json\n"
+        "import sglang_atom.platform as p\n"
+        "p.probe = lambda: 'cuda'\n"
+        "from sglang.srt.plugins import load_plugins\n"
+        "load_plugins()\n"
+        "from sglang.srt.server_args import prepare_server_args\n"
+        f"sa = prepare_server_args({['--model-path', QWEN, *CPU_ARGS, '--tp', '2', '--dp', '2', '--enable-dp-attention', '--backend', 'atom']!r})\n"
+        "print(json.dumps({'moe_runner_backend': sa.moe_runner_backend}))\n"
+    )
+    proc = run_python(code)
+    assert last_json(proc) == {"moe_runner_backend": "triton"}, proc.stderr[-3000:]

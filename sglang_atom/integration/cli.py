@@ -34,17 +34,27 @@ def around_from_cli_args(original, cls, args, *rest, **kwargs):
     return original(cls, args, *rest, **kwargs)
 
 
-def after_post_init(result, server_args, *args, **kwargs):
-    """Runs for both entry points: the CLI (via from_cli_args) and `sglang.Engine(**kwargs)`."""
+def before_post_init(server_args, *args, **kwargs):
+    """Platform defaults, while ServerArgs is still writable (it is read-only once resolved).
+
+    Runs for both entry points: the CLI (via from_cli_args) and `sglang.Engine(**kwargs)`.
+    """
     cfg = AtomConfig.from_env()
     if not cfg.enabled:
-        return
-    setup = runtime.serving_setup(server_args, model_architecture(server_args))
-    check(cfg, setup)
+        return None
     plan = platform.plan(platform.probe(), cfg.moe_kernel, os.environ)
     os.environ.update(plan.env)  # read by SGLang at import time in the processes spawned next
     if server_args.moe_runner_backend == "auto" and plan.moe_runner_backend != "auto":
         server_args.moe_runner_backend = plan.moe_runner_backend
+    return None
+
+
+def after_post_init(result, server_args, *args, **kwargs):
+    """Check the resolved arguments, publish the config, install the runtime hooks here."""
+    cfg = AtomConfig.from_env()
+    if not cfg.enabled:
+        return
+    check(cfg, runtime.serving_setup(server_args, model_architecture(server_args)))
     cfg.to_env()
     runtime.process_config.cache_clear()
     runtime.install(launcher=True)
