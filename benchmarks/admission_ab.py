@@ -73,7 +73,7 @@ def main() -> int:
     ap.add_argument("--workloads", default="short")
     ap.add_argument("--concurrency", default="64,128,256")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--requests-per-client", type=int, default=2)
+    ap.add_argument("--requests-per-client", type=int, default=4)
     ap.add_argument("--min-requests", type=int, default=256)
     ap.add_argument("--calibrate", action="store_true")
     ap.add_argument("--extra", default="", help="extra server flags for every config")
@@ -96,8 +96,11 @@ def main() -> int:
         print(f"== {name}: starting ({time.time() - t0:.0f} s elapsed)", flush=True)
         with Server(server_args, os.path.join(args.out, f"server_{name}.log")) as server:
             startup = server.wait_ready()
-            warm = WORKLOADS["short"].requests(2 * args.dp, seed=99)
-            _, warm_s = load(server.url, warm, args.dp)
+            # Warm-up: one full load at the highest concurrency, so every kernel shape the runs
+            # hit is compiled before timing (Triton MoE compiles per shape bucket).
+            top = max(concurrencies)
+            warm = WORKLOADS[args.workloads.split(",")[0]].requests(top, seed=99)
+            _, warm_s = load(server.url, warm, top)
             print(f"   ready {startup:.0f} s, warm-up {warm_s:.0f} s", flush=True)
             if args.calibrate and ci == 0:
                 result["calibration"] = {"config": name, **calibrate(server.url, args.dp)}
