@@ -108,8 +108,10 @@ def main() -> int:
             for wname in args.workloads.split(","):
                 for conc in concurrencies:
                     n = max(args.min_requests, args.requests_per_client * conc)
-                    reqs = WORKLOADS[wname].requests(n, seed=conc)
                     for rep in range(args.repeats):
+                        # Fresh requests per repeat: a repeat of the same token ids would hit
+                        # the radix cache and skip most of its prefill.
+                        reqs = WORKLOADS[wname].requests(n, seed=1000 * conc + rep)
                         if time.time() - t0 > args.deadline_s:
                             result["skipped"].append(f"{name}/{wname}/c{conc}/r{rep}")
                             continue
