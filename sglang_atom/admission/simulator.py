@@ -1,0 +1,331 @@
+"""Simulate DP-attention ranks under InferenceX-style load, with and without prefill admission.
+
+Pure Python; the admission policy is the production `decide`. Each pass, every rank either
+prefills (up to its token budget, chunking the last request), decodes its running requests,
+or idles; all ranks share one pass whose time comes from `StepModel`. SGLang runs prefill
+first, so a prefilling rank's running requests do not decode in that pass, and the other
+ranks' decodes wait for it: that is the cost admission tries to cut.
+
+    python -m sglang_atom.admission.simulator --out DIR [--dp 4,8,16,32,64] [--quick]
+
+writes DIR/sim.json, DIR/sim.md (table) and DIR/sim.png (plot, when matplotlib is installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import os
+import random
+import statistics
+from dataclasses import dataclass, field
+
+from .policy import EpisodeState, PolicyParams, RankState, decide, padding_ratio
+
+
+# --------------------------------------------------------------------------- step-time model
+@dataclass(frozen=True)
+class StepModel:
+    """Pass time in ms: c0 + k * (attn_share * max_r tokens_r + moe_share * sum_r rows_r / dp).
+
+    Attention and dense work run per rank on its own tokens (the slowest rank sets the pace);
+    the experts, TP-sharded over dp ranks, run on every rank over all gathered rows. The shares
+    are Qwen3-30B-A3B's parameter counts per token (attention projections ~19M, 8 active
+    experts ~38M). `c0` and `k` are fitted to probes on 2xH200 (see `fit_step_model`).
+    """
+
+    c0_ms: float
+    k_ms: float
+    attn_share: float = 1 / 3
+    moe_share: float = 2 / 3
+    graph_decode_speedup: float = 1.0  # pure-decode passes with CUDA graphs (1.0: graphs off, as measured)
+
+    def step_ms(self, tokens: list[int], any_extend: bool) -> float:
+        dp = len(tokens)
+        work = self.attn_share * max(tokens) + self.moe_share * sum(tokens) / dp
+        t = self.c0_ms + self.k_ms * work
+        return t if any_extend else t / self.graph_decode_speedup
+
+
+# Probes from `benchmarks/admission_ab.py --calibrate`, plain SGLang, tp2 dp2, tiny Qwen3-MoE,
+# 2xH200, 2026-11-22 (benchmarks/results/2026-11-22-admission-dp2-first-look): decode ITL p50 at
+# 1/16/64 requests per rank; one prefill per rank of 4096 tokens (one pass) and of 8192 tokens
+# (two passes of the 4096-token per-rank chunk). The 1024-token probe paid kernel compiles and
+# is left out.
+CALIBRATION_DP2 = (
+    ([1, 1], False, 10.95),
+    ([16, 16], False, 16.02),
+    ([64, 64], False, 15.78),
+    ([4096, 4096], True, 46.39),
+    ([4096, 4096], True, 55.4 / 2),
+)
+
+
+def fit_step_model(points=CALIBRATION_DP2) -> tuple[StepModel, float]:
+    """Least-squares c0, k over the probes; returns the model and the RMS residual in ms."""
+    base = StepModel(0.0, 1.0)
+    xs = [base.step_ms(tokens, ext) for tokens, ext, _ in points]  # work units (c0=0, k=1)
+    ys = [t for _, _, t in points]
+    mx, my = statistics.mean(xs), statistics.mean(ys)
+    k = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    model = StepModel(my - k * mx, k)
+    rms = (sum((model.step_ms(t, e) - y) ** 2 for t, e, y in points) / len(points)) ** 0.5
+    return model, rms
+
+
+# --------------------------------------------------------------------------- policies
+class NoPolicy:
+    name = "none"
+
+    def fire(self, ranks: list[RankState]) -> bool:
+        return True
+
+
+class SGLangDelayer:
+    """SGLang 0.5.17's PrefillDelayer, one bit per rank: delay while some ranks can prefill and
+    others cannot, for at most `max_delay_passes`; a chunked continuation always proceeds.
+    (Its slot/queue triggers for the all-prefillable case are off by default and not modelled.)"""
+
+    name = "sglang_delayer"
+
+    def __init__(self, max_delay_passes: int = 30):
+        self.max_delay_passes, self.delayed = max_delay_passes, 0
+
+    def fire(self, ranks: list[RankState]) -> bool:
+        prefillable = [r.has_prefill for r in ranks]
+        if all(prefillable) or not any(prefillable) or self.delayed >= self.max_delay_passes - 1:
+            self.delayed = 0
+            return True
+        self.delayed += 1
+        return False
+
+
+class AtomPolicy:
+    name = "atom"
+
+    def __init__(self, params: PolicyParams):
+        self.params, self.state = params, EpisodeState()
+
+    def fire(self, ranks: list[RankState]) -> bool:
+        decision, self.state = decide(ranks, self.state, self.params)
+        return decision.fire
+
+
+# --------------------------------------------------------------------------- simulation
+@dataclass
+class Req:
+    arrival_ms: float
+    input_len: int
+    output_len: int
+    prefilled: int = 0
+    ttft_ms: float = 0.0
+
+
+@dataclass
+class Rank:
+    waiting: list = field(default_factory=list)
+    chunked: Req | None = None
+    running: list = field(default_factory=list)  # heap of (finish_at_decode_count, id, req)
+    decodes: int = 0  # passes in which this rank decoded
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    input_len: int
+    output_len: int
+    range_ratio: float = 0.8
+
+    def draw(self, rng: random.Random) -> tuple[int, int]:
+        lo = lambda n: max(1, int(n * self.range_ratio))  # noqa: E731
+        return rng.randint(lo(self.input_len), self.input_len), rng.randint(lo(self.output_len), self.output_len)
+
+
+WORKLOADS = {"1k1k": Workload("1k1k", 1024, 1024), "8k1k": Workload("8k1k", 8192, 1024)}
+
+
+def simulate(policy, dp: int, workload: Workload, model: StepModel, concurrency_per_rank: int = 32,
+             requests_per_client: int = 3, budget: int = 8192, kv_tokens: int = 400_000,
+             arrival: str = "closed", rate_per_rank_s: float = 0.0, seed: int = 0) -> dict:
+    """Run until every client has sent its requests (closed loop) or as many Poisson arrivals."""
+    rng = random.Random(seed)
+    ranks = [Rank() for _ in range(dp)]
+    clients = dp * concurrency_per_rank
+    total = clients * requests_per_client
+    now, sent, done, seq, rr = 0.0, 0, [], 0, 0
+    poisson_next = 0.0
+
+    def send(t):
+        nonlocal sent, rr
+        n_in, n_out = workload.draw(rng)
+        ranks[rr % dp].waiting.append(Req(t, n_in, n_out))
+        rr += 1
+        sent += 1
+
+    if arrival == "closed":
+        for _ in range(clients):
+            send(0.0)
+    passes = mixed = busy = idle_rank_steps = holds = 0
+    pad = []
+    while len(done) < total:
+        if arrival == "poisson":
+            while sent < total and poisson_next <= now:
+                send(poisson_next)
+                poisson_next += rng.expovariate(rate_per_rank_s * dp / 1000.0)
+        states = []
+        for r in ranks:
+            pending = sum(q.input_len for q in r.waiting)
+            if r.chunked:
+                pending += r.chunked.input_len - r.chunked.prefilled
+            used = sum(q.input_len + q.output_len for _, _, q in r.running)
+            states.append(RankState(len(r.waiting), min(pending, 4 * budget), len(r.running),
+                                    min(1000, int(1000 * used / kv_tokens)), int(r.chunked is not None),
+                                    int(now - r.waiting[0].arrival_ms) if r.waiting else 0, budget))
+        fire = policy.fire(states)
+        holds += int(not fire and any(s.has_prefill for s in states))
+        # Each rank: prefill (if allowed and it has work), else decode, else idle.
+        tokens, extends = [], []
+        for r in ranks:
+            chunk_only = r.chunked is not None and isinstance(policy, SGLangDelayer)
+            if (fire or chunk_only) and (r.waiting or r.chunked):
+                left, batch = budget, []
+                if r.chunked:
+                    take = min(left, r.chunked.input_len - r.chunked.prefilled)
+                    batch.append((r.chunked, take))
+                    left -= take
+                    r.chunked = None
+                while left > 0 and r.waiting and not (chunk_only and not fire):
+                    q = r.waiting.pop(0)
+                    take = min(left, q.input_len - q.prefilled)
+                    batch.append((q, take))
+                    left -= take
+                tokens.append(budget - left)
+                extends.append(batch)
+            else:
+                tokens.append(len(r.running))
+                extends.append(None)
+        any_extend = any(e is not None for e in extends)
+        step = model.step_ms(tokens, any_extend)
+        if max(tokens) == 0 and not any_extend:
+            # Nothing anywhere: jump to the next arrival (Poisson) instead of spinning.
+            now = poisson_next if arrival == "poisson" else now + step
+            continue
+        passes += 1
+        now += step
+        busy += 1
+        mixed += int(any_extend and any(e is None and r.running for e, r in zip(extends, ranks)))
+        idle_rank_steps += sum(1 for t in tokens if t == 0)
+        pad.append(padding_ratio(tokens))
+        for r, batch in zip(ranks, extends):
+            if batch is None:
+                if r.running:
+                    r.decodes += 1
+                    while r.running and r.running[0][0] <= r.decodes:
+                        _, _, q = heapq.heappop(r.running)
+                        done.append(q)
+                        if arrival == "closed" and sent < total:
+                            send(now)
+                continue
+            for q, take in batch:
+                q.prefilled += take
+                if q.prefilled < q.input_len:
+                    r.chunked = q
+                else:
+                    q.ttft_ms = now - q.arrival_ms
+                    seq += 1
+                    # the first token comes with the prefill; output_len - 1 decode passes remain
+                    heapq.heappush(r.running, (r.decodes + q.output_len - 1, seq, q))
+    ttft = sorted(q.ttft_ms for q in done)
+    seconds = now / 1000.0
+    return {
+        "policy": policy.name, "dp": dp, "workload": workload.name, "arrival": arrival,
+        "requests": len(done), "sim_seconds": round(seconds, 3),
+        "input_tok_s_per_rank": round(sum(q.input_len for q in done) / seconds / dp, 1),
+        "output_tok_s_per_rank": round(sum(q.output_len for q in done) / seconds / dp, 1),
+        "ttft_p50_ms": round(ttft[len(ttft) // 2], 1), "ttft_p99_ms": round(ttft[int(0.99 * (len(ttft) - 1))], 1),
+        "padding_ratio_mean": round(statistics.mean(pad), 4) if pad else 0.0,
+        "eager_pass_share": round(mixed / max(1, busy), 4),
+        "dummy_rank_step_share": round(idle_rank_steps / max(1, busy * dp), 4),
+        "held_passes": holds, "passes": passes,
+    }
+
+
+def policies(params: PolicyParams):
+    return [NoPolicy(), SGLangDelayer(), AtomPolicy(params)]
+
+
+def run_matrix(dps, workloads, model, **kwargs) -> list[dict]:
+    rows = []
+    for wname in workloads:
+        for dp in dps:
+            for policy in policies(PolicyParams()):
+                rows.append(simulate(policy, dp, WORKLOADS[wname], model, **kwargs))
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    cols = ["workload", "dp", "policy", "input_tok_s_per_rank", "output_tok_s_per_rank", "ttft_p50_ms",
+            "ttft_p99_ms", "padding_ratio_mean", "eager_pass_share", "dummy_rank_step_share", "held_passes"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: str) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    workloads = sorted({r["workload"] for r in rows})
+    fig, axes = plt.subplots(len(workloads), 3, figsize=(15, 4 * len(workloads)), squeeze=False)
+    for i, w in enumerate(workloads):
+        for j, (metric, label) in enumerate((("output_tok_s_per_rank", "output tok/s per rank"),
+                                             ("ttft_p99_ms", "TTFT p99 (ms)"),
+                                             ("padding_ratio_mean", "padding ratio (mean)"))):
+            ax = axes[i][j]
+            for name in ("none", "sglang_delayer", "atom"):
+                pts = sorted((r["dp"], r[metric]) for r in rows if r["workload"] == w and r["policy"] == name)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("DP ranks")
+            ax.set_title(f"{w}: {label}")
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    return True
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--dp", default="4,8,16,32,64")
+    ap.add_argument("--workloads", default="1k1k,8k1k")
+    ap.add_argument("--arrival", choices=("closed", "poisson"), default="closed")
+    ap.add_argument("--concurrency-per-rank", type=int, default=32)
+    ap.add_argument("--requests-per-client", type=int, default=3)
+    ap.add_argument("--rate-per-rank", type=float, default=1.0, help="Poisson requests/s per rank")
+    args = ap.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    model, rms = fit_step_model()
+    rows = run_matrix([int(d) for d in args.dp.split(",")], args.workloads.split(","), model,
+                      concurrency_per_rank=args.concurrency_per_rank,
+                      requests_per_client=args.requests_per_client, arrival=args.arrival,
+                      rate_per_rank_s=args.rate_per_rank)
+    meta = {"step_model": model.__dict__, "fit_rms_ms": round(rms, 2), "args": vars(args)}
+    with open(os.path.join(args.out, "sim.json"), "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    table = markdown(rows)
+    with open(os.path.join(args.out, "sim.md"), "w") as f:
+        f.write(f"Step model: {meta['step_model']} (fit RMS {meta['fit_rms_ms']} ms); {vars(args)}\n\n{table}")
+    plotted = plot(rows, os.path.join(args.out, "sim.png"))
+    print(table)
+    print("plot:", os.path.join(args.out, "sim.png") if plotted else "skipped (no matplotlib)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,53 @@
+"""Pure tier: the DP admission simulator (runs the production policy)."""
+
+import json
+
+from sglang_atom.admission.policy import PolicyParams
+from sglang_atom.admission.simulator import (
+    WORKLOADS, AtomPolicy, NoPolicy, SGLangDelayer, StepModel, fit_step_model, main, simulate,
+)
+
+MODEL = StepModel(c0_ms=10.0, k_ms=0.003)
+
+
+def test_step_model_fit_matches_the_probes_it_was_fitted_to():
+    model, rms = fit_step_model()
+    assert model.c0_ms > 0 and model.k_ms > 0
+    assert rms < 10.0  # ms; the two 4096-token prefill probes disagree by ~19 ms between them
+    # a prefill pass costs more than a decode pass, and a rank's prefill slows everyone's pass
+    assert model.step_ms([4096, 4096], True) > model.step_ms([64, 64], False)
+    assert model.step_ms([4096, 64, 64, 64], True) > model.step_ms([64] * 4, False)
+
+
+def test_every_request_completes_and_metrics_are_sane():
+    for policy in (NoPolicy(), SGLangDelayer(), AtomPolicy(PolicyParams())):
+        r = simulate(policy, 4, WORKLOADS["1k1k"], MODEL, concurrency_per_rank=8, requests_per_client=2)
+        assert r["requests"] == 4 * 8 * 2
+        assert r["input_tok_s_per_rank"] > 0 and r["ttft_p99_ms"] >= r["ttft_p50_ms"] > 0
+        assert 0.0 <= r["padding_ratio_mean"] < 1.0 and 0.0 <= r["eager_pass_share"] <= 1.0
+
+
+def test_no_policy_never_holds_and_policies_that_hold_cut_mixed_passes():
+    none = simulate(NoPolicy(), 8, WORKLOADS["1k1k"], MODEL, concurrency_per_rank=16, requests_per_client=2)
+    atom = simulate(AtomPolicy(PolicyParams()), 8, WORKLOADS["1k1k"], MODEL, concurrency_per_rank=16,
+                    requests_per_client=2)
+    assert none["held_passes"] == 0
+    assert atom["held_passes"] > 0
+    assert atom["eager_pass_share"] < none["eager_pass_share"]
+    assert atom["padding_ratio_mean"] < none["padding_ratio_mean"]
+
+
+def test_poisson_arrivals_complete():
+    r = simulate(AtomPolicy(PolicyParams()), 4, WORKLOADS["8k1k"], MODEL, concurrency_per_rank=4,
+                 requests_per_client=2, arrival="poisson", rate_per_rank_s=2.0)
+    assert r["requests"] == 4 * 4 * 2
+
+
+def test_cli_writes_table_json_and_plot(tmp_path):
+    assert main(["--out", str(tmp_path), "--dp", "4,8", "--workloads", "1k1k",
+                 "--concurrency-per-rank", "8", "--requests-per-client", "1"]) == 0
+    rows = json.loads((tmp_path / "sim.json").read_text())["rows"]
+    assert {(r["dp"], r["policy"]) for r in rows} == {(d, p) for d in (4, 8)
+                                                     for p in ("none", "sglang_delayer", "atom")}
+    assert "| 1k1k | 8 | atom |" in (tmp_path / "sim.md").read_text()
+    assert (tmp_path / "sim.png").stat().st_size > 10_000
