@@ -205,6 +205,7 @@ def test_admission_decisions_stay_in_lockstep_on_four_gloo_ranks():
         assert {reason for fire, reason in sequences[0] if not fire} <= {"align", "fill_wait"}
         assert proc.stderr.count("sglang-atom active: admission=coalesce(target_fill=0.7") == 1
         assert "tbo=off (--enable-two-batch-overlap not given)" in proc.stderr
+        assert "hooks verified in: launcher, scheduler" in proc.stderr
         assert ranks["3"]["admitted"] == 0  # the idle rank joined every exchange with nothing to do
         assert all(ranks[r]["admitted"] > 0 for r in "012")
 
@@ -224,3 +225,15 @@ def test_cuda_platform_defaults_are_applied_before_resolution():
     )
     proc = run_python(code)
     assert last_json(proc) == {"moe_runner_backend": "triton"}, proc.stderr[-3000:]
+
+
+def test_dp_controller_process_loads_and_verifies_the_hooks():
+    """SGLang 0.5.17's DP controller does not load plugins; sglang-atom's process target does."""
+    proc = subprocess.run([sys.executable, str(ROOT / "tests/drivers/dp_controller_child.py"), QWEN],
+                          capture_output=True, text=True, timeout=400, cwd=ROOT)
+    out = last_json(proc)
+    assert out["target"] == "sglang_atom.integration.runtime.DPControllerProcess"
+    assert out["args"] == ["server_args", "port_args"]  # the controller got its arguments
+    assert out["scheduler_wrapped"] is True
+    assert out["hooked_env"] == "launcher,dp_controller"
+    assert out["exitcode"] == 0

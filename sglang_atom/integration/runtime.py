@@ -21,6 +21,14 @@ logger = logging.getLogger("sglang_atom")
 
 _registered: set[str] = set()
 
+# Roles of the processes in this server's lineage whose hooks were verified; children inherit
+# it, so the scheduler's startup line can say where sglang-atom is active (child processes
+# load plugins before SGLang configures their logging, so they cannot log it themselves).
+HOOKED_ENV = "SGLANG_ATOM_HOOKED"
+
+
+SOURCE = ("sglang_atom", "sglang-atom")  # HookSource(plugin_name, dist_name) for SGLang's logs
+
 
 class AtomStartupError(SystemExit):
     """Stops startup. A SystemExit, because SGLang's plugin loader swallows Exceptions."""
@@ -53,7 +61,8 @@ def _after_init_schedule_policy(result, scheduler, *args, **kwargs):
     admission.attach(scheduler, cfg, admission_active(cfg, setup), tbo_active(cfg, setup))
     if scheduler.ps.tp_rank == 0:
         plan = platform.plan(platform.probe(), cfg.moe_kernel, os.environ)
-        logger.info(summary(cfg, setup, plan))
+        roles = hooked_roles() + ["scheduler"]
+        logger.info(f"{summary(cfg, setup, plan)} | hooks verified in: {', '.join(roles)}")
 
 
 class DPControllerProcess:
@@ -67,7 +76,9 @@ class DPControllerProcess:
         from sglang.srt.managers import data_parallel_controller
         from sglang.srt.plugins import load_plugins
 
-        load_plugins()
+        load_plugins()  # SGLANG_ATOM_BACKEND=atom: installs and verifies this process's hooks
+        if installed():
+            mark_hooked("dp_controller")
         data_parallel_controller.run_data_parallel_controller_process(*args, **kwargs)
 
 
@@ -91,7 +102,7 @@ def is_launcher() -> bool:
 
 def install(launcher: bool) -> list[str]:
     """Register, apply and verify the runtime hooks of this process; returns their targets."""
-    from sglang.srt.plugins.hook_registry import HookRegistry
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookSource
 
     hooks = runtime_hooks(launcher)
     targets = [target for target, _, _ in hooks]
@@ -101,10 +112,12 @@ def install(launcher: bool) -> list[str]:
         raise AtomStartupError(f"sglang-atom: {exc}") from exc
     for target, hook, kind in hooks:
         if target not in _registered:
-            HookRegistry.register(target, hook, kind)
+            HookRegistry.register(target, hook, kind, source=HookSource(*SOURCE))
             _registered.add(target)
     HookRegistry.apply_hooks()
     verify(hooks)
+    if launcher:
+        mark_hooked("launcher")
     return targets
 
 
@@ -134,3 +147,13 @@ def _wraps(fn, hook) -> bool:
 
 def installed() -> bool:
     return bool(_registered)
+
+
+def mark_hooked(role: str) -> None:
+    roles = hooked_roles()
+    if role not in roles:
+        os.environ[HOOKED_ENV] = ",".join(roles + [role])
+
+
+def hooked_roles() -> list[str]:
+    return [r for r in os.environ.get(HOOKED_ENV, "").split(",") if r]
