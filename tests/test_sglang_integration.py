@@ -82,11 +82,12 @@ def test_backend_sglang_leaves_sglang_untouched():
     assert "sglang-atom active" not in proc.stderr
 
 
-def test_deepseek_v3_parses_with_atom():
-    argv = ["--model-path", DEEPSEEK, *CPU_ARGS, "--tp", "4", "--dp", "4", "--enable-dp-attention",
-            "--backend", "atom"]
+@pytest.mark.parametrize("model", ["deepseek-v3-tiny", "deepseek-v3-width", "qwen3-235b-width"])
+def test_every_shipped_model_parses_with_atom(model):
+    argv = ["--model-path", str(ROOT / "models" / model), *CPU_ARGS, "--tp", "4", "--dp", "4",
+            "--enable-dp-attention", "--backend", "atom"]
     proc, out = parse_and_report(argv)
-    assert all(out["wrapped"].values()), out
+    assert all(out["wrapped"].values()), proc.stderr[-3000:]
 
 
 def test_engine_api_switch_is_the_environment_variable():
