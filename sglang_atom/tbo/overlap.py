@@ -1,0 +1,116 @@
+"""Two-batch overlap of MoE layers over all_gather / reduce_scatter.
+
+Each micro-batch runs, per MoE layer: attention on its local rows; all_gather of those rows
+(async); experts on the gathered rows (each rank holds a TP shard of every expert, so its
+output is a partial sum); reduce_scatter back to local rows (async); residual/combine. A
+micro-batch yields right after issuing each collective, and `run_interleaved` then runs the
+other micro-batch, so A's collectives are in flight while B computes, and vice versa:
+
+    A.attn A.gather> | B.attn B.gather> | A.experts A.scatter> | B.experts B.scatter> | A.combine A.attn ...
+
+Collectives are issued with `async_op=True` on one process group. On NCCL they run on the
+group's own communication stream (one stream shared by both micro-batches, so every rank
+issues them in the same order: A.gather, B.gather, A.scatter, B.scatter, ...); on gloo (CPU
+tests) they run on gloo's threads. Buffers are persistent per (kind, micro-batch) and only
+grow, so steady-state forwards allocate nothing.
+
+Rows are padded to the largest rank of each micro-batch (rows per rank are exchanged once per
+forward, before the first layer); the token-even split and admission keep that padding small.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Iterator, Protocol
+
+import torch
+import torch.distributed as dist
+
+
+class LayerOps(Protocol):
+    """The compute of one MoE layer for one micro-batch; the executor supplies the collectives."""
+
+    def attention(self, mb: int, layer: int) -> torch.Tensor: ...  # local rows -> MoE input rows
+
+    def experts(self, mb: int, layer: int, gathered: torch.Tensor) -> torch.Tensor: ...  # partial sums
+
+    def combine(self, mb: int, layer: int, local: torch.Tensor) -> None: ...  # reduced local rows
+
+
+class OverlapComm:
+    """Async all_gather / reduce_scatter of one micro-batch's rows, into persistent buffers."""
+
+    def __init__(self, group, hidden: int, dtype: torch.dtype, device: torch.device | str):
+        self.group, self.hidden, self.dtype, self.device = group, hidden, dtype, torch.device(device)
+        self.world = dist.get_world_size(group)
+        self.rank = dist.get_rank(group)
+        self.rows: dict[int, list[int]] = {}
+        self._buffers: dict[tuple[str, int], torch.Tensor] = {}
+        self._pending: dict[tuple[str, int], tuple[object, torch.Tensor]] = {}
+
+    def set_rows(self, mb: int, rows_per_rank: list[int]) -> None:
+        """Rows of micro-batch `mb` on every rank: the same list on every rank, once per forward."""
+        if len(rows_per_rank) != self.world:
+            raise ValueError(f"need {self.world} row counts, got {len(rows_per_rank)}")
+        self.rows[mb] = list(rows_per_rank)
+
+    def padded_rows(self, mb: int) -> int:
+        return max(self.rows[mb])
+
+    def _buffer(self, kind: str, mb: int, rows: int) -> torch.Tensor:
+        buf = self._buffers.get((kind, mb))
+        if buf is None or buf.shape[0] < rows:
+            buf = torch.empty((max(rows, 1), self.hidden), dtype=self.dtype, device=self.device)
+            self._buffers[(kind, mb)] = buf
+        return buf[:rows]
+
+    def issue_gather(self, mb: int, local: torch.Tensor) -> None:
+        pad = self.padded_rows(mb)
+        send = self._buffer("send", mb, pad)
+        n = local.shape[0]
+        send[:n].copy_(local)
+        send[n:].zero_()  # pad rows go through the experts and are dropped afterwards
+        out = self._buffer("gathered", mb, pad * self.world)
+        work = dist.all_gather_into_tensor(out, send, group=self.group, async_op=True)
+        self._pending[("gather", mb)] = (work, out)
+
+    def wait_gather(self, mb: int) -> torch.Tensor:
+        """All ranks' rows of `mb`, rank-major, each rank's block padded to `padded_rows(mb)`."""
+        work, out = self._pending.pop(("gather", mb))
+        work.wait()
+        return out
+
+    def issue_scatter(self, mb: int, partial: torch.Tensor) -> None:
+        pad = self.padded_rows(mb)
+        out = self._buffer("scattered", mb, pad)
+        work = dist.reduce_scatter_tensor(out, partial, group=self.group, async_op=True)
+        self._pending[("scatter", mb)] = (work, out)
+
+    def wait_scatter(self, mb: int) -> torch.Tensor:
+        work, out = self._pending.pop(("scatter", mb))
+        work.wait()
+        return out[: self.rows[mb][self.rank]]
+
+
+def micro_batch_program(mb: int, num_layers: int, ops: LayerOps, comm: OverlapComm) -> Iterator[str]:
+    """One micro-batch's MoE layers as a generator that yields after issuing each collective."""
+    for layer in range(num_layers):
+        comm.issue_gather(mb, ops.attention(mb, layer))
+        yield f"{mb}.{layer}.gather"
+        partial = ops.experts(mb, layer, comm.wait_gather(mb))
+        comm.issue_scatter(mb, partial)
+        yield f"{mb}.{layer}.scatter"
+        ops.combine(mb, layer, comm.wait_scatter(mb))
+
+
+def run_interleaved(programs: Iterable[Iterator[str]], trace: Callable[[str], None] | None = None) -> None:
+    """Run each program to its next yield in turn until all finish (single thread, one compute stream)."""
+    active = list(programs)
+    while active:
+        for program in list(active):
+            try:
+                label = next(program)
+            except StopIteration:
+                active.remove(program)
+                continue
+            if trace is not None:
+                trace(label)
