@@ -28,6 +28,7 @@ CONFIGS = {
     "plain": [],
     "delayer": ["--enable-prefill-delayer"],
     "atom": ["--backend", "atom"],
+    "atom_fill02": ["--backend", "atom", "--atom-admission-target-fill", "0.2"],
     # plain SGLang scheduling plus sglang-atom's observer: the padding-ratio baseline
     "observe": ["--backend", "atom", "--atom-admission", "off"],
 }
@@ -77,6 +78,8 @@ def main() -> int:
     ap.add_argument("--min-requests", type=int, default=256)
     ap.add_argument("--calibrate", action="store_true")
     ap.add_argument("--extra", default="", help="extra server flags for every config")
+    ap.add_argument("--cuda-graph", action="store_true",
+                    help="keep SGLang's CUDA graphs on (the default flags turn them off)")
     ap.add_argument("--deadline-s", type=float, default=540)
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -86,7 +89,9 @@ def main() -> int:
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "runs": [], "skipped": []}
     base = ["--model-path", args.model, "--tp", str(args.tp), "--dp", str(args.dp),
-            "--enable-dp-attention", "--enable-metrics", *BASE_FLAGS, *args.extra.split()]
+            "--enable-dp-attention", "--enable-metrics",
+            *[f for f in BASE_FLAGS if not (args.cuda_graph and f == "--disable-cuda-graph")],
+            *args.extra.split()]
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     for ci, name in enumerate(args.configs.split(",")):
         if time.time() - t0 > args.deadline_s:

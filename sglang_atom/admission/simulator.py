@@ -105,10 +105,11 @@ class AtomPolicy:
     name = "atom"
 
     def __init__(self, params: PolicyParams):
-        self.params, self.state = params, EpisodeState()
+        self.params, self.state, self.reasons = params, EpisodeState(), {}
 
     def fire(self, ranks: list[RankState]) -> bool:
         decision, self.state = decide(ranks, self.state, self.params)
+        self.reasons[decision.reason] = self.reasons.get(decision.reason, 0) + 1
         return decision.fire
 
 
@@ -248,6 +249,7 @@ def simulate(policy, dp: int, workload: Workload, model: StepModel, concurrency_
         "eager_pass_share": round(mixed / max(1, busy), 4),
         "dummy_rank_step_share": round(idle_rank_steps / max(1, busy * dp), 4),
         "held_passes": holds, "passes": passes,
+        "reasons": dict(sorted(getattr(policy, "reasons", {}).items())),
     }
 
 
@@ -255,11 +257,11 @@ def policies(params: PolicyParams):
     return [NoPolicy(), SGLangDelayer(), AtomPolicy(params)]
 
 
-def run_matrix(dps, workloads, model, **kwargs) -> list[dict]:
+def run_matrix(dps, workloads, model, params: PolicyParams = PolicyParams(), **kwargs) -> list[dict]:
     rows = []
     for wname in workloads:
         for dp in dps:
-            for policy in policies(PolicyParams()):
+            for policy in policies(params):
                 rows.append(simulate(policy, dp, WORKLOADS[wname], model, **kwargs))
     return rows
 
@@ -308,10 +310,18 @@ def main(argv=None) -> int:
     ap.add_argument("--concurrency-per-rank", type=int, default=32)
     ap.add_argument("--requests-per-client", type=int, default=3)
     ap.add_argument("--rate-per-rank", type=float, default=1.0, help="Poisson requests/s per rank")
+    ap.add_argument("--graph-decode-speedup", type=float, default=1.0,
+                    help="pure-decode pass speedup from CUDA graphs (1.0: graphs off, as measured)")
+    ap.add_argument("--target-fill", type=float, default=PolicyParams.target_fill)
+    ap.add_argument("--stall-passes", type=int, default=PolicyParams.stall_passes)
+    ap.add_argument("--max-hold-passes", type=int, default=PolicyParams.max_hold_passes)
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    model, rms = fit_step_model()
-    rows = run_matrix([int(d) for d in args.dp.split(",")], args.workloads.split(","), model,
+    fitted, rms = fit_step_model()
+    model = StepModel(fitted.c0_ms, fitted.k_ms, graph_decode_speedup=args.graph_decode_speedup)
+    params = PolicyParams(target_fill=args.target_fill, stall_passes=args.stall_passes,
+                          max_hold_passes=args.max_hold_passes)
+    rows = run_matrix([int(d) for d in args.dp.split(",")], args.workloads.split(","), model, params,
                       concurrency_per_rank=args.concurrency_per_rank,
                       requests_per_client=args.requests_per_client, arrival=args.arrival,
                       rate_per_rank_s=args.rate_per_rank)

@@ -1,0 +1,108 @@
+"""benchmarks/report.py on synthetic result files: aggregation, baseline ratio, CLI outputs."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import report  # noqa: E402
+
+# (config, concurrency) -> per-repeat (input_tok_s, padding_ratio_mean); other metrics derive from it.
+# Means are exact in binary floating point so the checks can use ==.
+VALUES = {
+    ("plain", 64): [(1000, None), (1200, None)],
+    ("plain", 128): [(2000, None), (2400, None)],
+    ("atom", 64): [(1500, 0.25), (1800, 0.75)],
+    ("atom", 128): [(2600, 0.5), (2900, None)],  # one null padding among real values
+}
+
+
+def row(config, conc, repeat, inp, pad):
+    return {"config": config, "workload": "short", "concurrency": conc, "repeat": repeat,
+            "n_gpus": 2, "input_tok_s": inp, "output_tok_s": inp / 10,
+            "total_tok_s_per_gpu": inp * 1.1 / 2, "output_tok_s_per_user": conc / 4 + repeat,
+            "mean_ttft_ms": 100 + repeat * 50, "p50_ttft_ms": 90, "p99_ttft_ms": 400 + repeat * 100,
+            "mean_tpot_ms": 20, "p99_itl_ms": 40, "mean_e2e_ms": 1000,
+            "completed": 64, "failed": 1 if (config, conc, repeat) == ("atom", 128, 1) else 0,
+            "padding_ratio_mean": pad}
+
+
+def write_results(tmp_path, drop=()):
+    """Repeat 0 and repeat 1 in two files, as two admission_ab.py runs would produce."""
+    paths = []
+    for repeat in (0, 1):
+        runs = [row(c, n, repeat, *vals[repeat]) for (c, n), vals in VALUES.items() if (c, n) not in drop]
+        data = {"command": f"python3 benchmarks/admission_ab.py --run {repeat}",
+                "machine": "GPU 0: NVIDIA H200 (UUID: GPU-a)\nGPU 1: NVIDIA H200 (UUID: GPU-b)",
+                "date": f"2026-11-2{repeat}T00:00:00+00:00", "runs": runs, "skipped": []}
+        p = tmp_path / f"ab{repeat}.json"
+        p.write_text(json.dumps(data))
+        paths.append(str(p))
+    return paths
+
+
+def table_row(md, config, conc):
+    """Cells of the markdown table row for (config, concurrency)."""
+    for line in md.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) > 2 and cells[0].split(" ")[0] == config and cells[1] == str(conc):
+            return cells
+    raise AssertionError(f"no row for {config} c{conc} in:\n{md}")
+
+
+def test_aggregate_means_min_max_and_repeats(tmp_path):
+    rows, metas = report.load_runs(write_results(tmp_path))
+    assert len(rows) == 8 and [m["date"][:10] for m in metas] == ["2026-11-20", "2026-11-21"]
+    agg = {(a["config"], a["concurrency"]): a for a in report.aggregate(rows)}
+    assert len(agg) == 4 and all(a["repeats"] == 2 and a["workload"] == "short" for a in agg.values())
+    a = agg["atom", 64]
+    assert (a["input_tok_s"], a["input_tok_s_min"], a["input_tok_s_max"]) == (1650, 1500, 1800)
+    assert (a["output_tok_s"], a["output_tok_s_min"], a["output_tok_s_max"]) == (165, 150, 180)
+    assert a["output_tok_s_per_user"] == 16.5 and a["mean_ttft_ms"] == 125 and a["p99_ttft_ms"] == 450
+    assert a["mean_tpot_ms"] == 20 and a["total_tok_s_per_gpu"] == pytest.approx(907.5)
+    assert (a["padding_ratio_mean"], a["padding_ratio_mean_min"], a["padding_ratio_mean_max"]) == (0.5, 0.25, 0.75)
+    # the null padding is ignored, not counted as zero
+    b = agg["atom", 128]
+    assert (b["padding_ratio_mean"], b["padding_ratio_mean_min"], b["padding_ratio_mean_max"]) == (0.5, 0.5, 0.5)
+    assert b["failed"] == 1 and agg["atom", 64]["failed"] == 0
+    assert agg["plain", 128]["input_tok_s"] == 2200 and agg["plain", 64]["padding_ratio_mean"] is None
+
+
+def test_markdown_baseline_ratio_and_sources(tmp_path):
+    rows, metas = report.load_runs(write_results(tmp_path))
+    md = report.markdown(report.aggregate(rows), metas, baseline="plain")
+    assert "2x NVIDIA H200" in md and "--run 0" in md and "--run 1" in md
+    assert "## short" in md and "x plain" in md
+    atom64 = table_row(md, "atom", 64)
+    assert atom64[-1] == "1.50x" and atom64[3] == "1,650 [1,500-1,800]" and atom64[2] == "2"
+    assert table_row(md, "atom", 128)[-1] == "1.25x"  # mean 2750 vs plain's 2200
+    assert table_row(md, "atom", 128)[0] == "atom (1 failed)"
+    assert table_row(md, "plain", 64)[-1] == "1.00x" and table_row(md, "plain", 64)[9] == "-"
+    assert table_row(md, "atom", 64)[9] == "0.500 [0.250-0.750]"
+
+
+def test_missing_baseline_leaves_ratio_blank(tmp_path):
+    # no plain run at c128: atom c128 has nothing to compare to, c64 still does
+    rows, metas = report.load_runs(write_results(tmp_path, drop={("plain", 128)}))
+    agg = report.aggregate(rows)
+    md = report.markdown(agg, metas, baseline="plain")
+    assert table_row(md, "atom", 64)[-1] == "1.50x"
+    assert table_row(md, "atom", 128)[-1] == ""
+    # a baseline config that was never run: every ratio blank
+    md = report.markdown(agg, metas, baseline="delayer")
+    assert "x delayer" in md
+    assert all(table_row(md, c, n)[-1] == "" for c, n in [("atom", 64), ("atom", 128), ("plain", 64)])
+
+
+def test_cli_writes_summary_and_plots(tmp_path, capsys):
+    out = tmp_path / "report"
+    assert report.main([*write_results(tmp_path), "--out", str(out), "--baseline", "plain"]) == 0
+    summary = (out / "summary.md").read_text()
+    assert "1.50x" in summary and summary == capsys.readouterr().out
+    pngs = sorted(out.glob("*.png"))
+    assert [p.name for p in pngs] == ["short_tput_vs_concurrency.png", "short_tput_vs_interactivity.png"]
+    for p in pngs:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
+        assert f"({p.name})" in summary  # linked from the summary
