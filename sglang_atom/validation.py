@@ -66,8 +66,10 @@ def check(cfg: AtomConfig, setup: ServingSetup) -> None:
 
 
 def admission_active(cfg: AtomConfig, setup: ServingSetup) -> bool:
+    # A PD-disaggregated server has no decode on the prefill side and no prefill on the decode
+    # side, so there is nothing to align.
     return (cfg.enabled and cfg.admission != "off" and setup.dp_attention and setup.dp_size > 1
-            and setup.disaggregation_mode != "decode")
+            and setup.disaggregation_mode == "null")
 
 
 def tbo_active(cfg: AtomConfig, setup: ServingSetup) -> bool:
@@ -85,7 +87,7 @@ def summary(cfg: AtomConfig, setup: ServingSetup, plan: PlatformPlan) -> str:
     elif not setup.dp_attention or setup.dp_size <= 1:
         admission = "admission=off (needs --enable-dp-attention with --dp > 1)"
     else:
-        admission = "admission=off (no prefill on a decode-disaggregated server)"
+        admission = "admission=off (PD-disaggregated server: no prefill and decode to align)"
     if tbo_active(cfg, setup):
         tbo = f"tbo=prefill over all_gather/reduce_scatter (min {cfg.tbo_min_tokens} tokens/rank)"
     elif not setup.two_batch_overlap:

@@ -94,3 +94,13 @@ def test_readme_documents_every_flag():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     for f in dataclasses.fields(AtomConfig):
         assert f"`{AtomConfig.flag_name(f.name)}" in readme, f.name
+
+
+def test_admission_is_off_on_disaggregated_servers():
+    from sglang_atom.validation import ServingSetup, admission_active, summary
+
+    for mode in ("prefill", "decode"):
+        setup = ServingSetup(None, dp_attention=True, dp_size=4, tp_size=4, moe_a2a_backend="none",
+                             prefill_delayer=False, two_batch_overlap=False, disaggregation_mode=mode)
+        assert not admission_active(AtomConfig(backend="atom"), setup)
+        assert "admission=off (PD-disaggregated server" in summary(AtomConfig(backend="atom"), setup, plan("cuda"))

@@ -14,6 +14,7 @@ import logging
 import time
 
 import torch
+from sglang.srt.managers.schedule_batch import NextBatchPlan
 
 from ..admission.policy import EpisodeState, PolicyParams, RankState, decide, padding_ratio
 from ..config import AtomConfig
@@ -103,8 +104,6 @@ def around_get_new_batch_prefill(original, scheduler, running_batch, *args, **kw
     ranks = controller.gather(controller.local_state(scheduler, running_batch))
     if controller.step(ranks):
         return original(scheduler, running_batch, *args, **kwargs)
-    from sglang.srt.managers.schedule_batch import NextBatchPlan
-
     return NextBatchPlan(batch_to_run=None, running_batch=running_batch)
 
 

@@ -55,8 +55,7 @@ def after_post_init(result, server_args, *args, **kwargs):
     if not cfg.enabled:
         return
     check(cfg, runtime.serving_setup(server_args, model_architecture(server_args)))
-    cfg.to_env()
-    runtime.process_config.cache_clear()
+    cfg.to_env()  # the Engine API sets only the backend switch; children get the whole config
     runtime.install(launcher=True)
 
 
