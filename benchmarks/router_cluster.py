@@ -1,0 +1,119 @@
+"""Several `--backend atom` servers behind sglang-router (DP-aware) on one machine.
+
+    python3 benchmarks/router_cluster.py --out DIR [--servers 2 --tp 2 --dp 2] [--requests 512]
+
+Server i runs on GPUs [i*tp, (i+1)*tp) with `--tp TP --dp DP --enable-dp-attention --backend
+atom`; the router runs `--dp-aware --policy round_robin` over them (it reads each server's
+dp_size and pins every request to a rank). Load goes through the router with the same client as
+the other benchmarks. Requests per (server, DP rank) are counted from each server's "Prefill
+batch, #new-seq" log lines. Writes DIR/router.json (command, machine, date, distribution,
+client metrics) and the logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from serve_smoke import BASE_FLAGS, machine  # noqa: E402
+from serving import WORKLOADS, Server, load, record_json, summarize  # noqa: E402
+
+NEW_SEQ = re.compile(r"DP(\d+) TP\d+\] Prefill batch, #new-seq: (\d+)")
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"router exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(1)
+    raise TimeoutError(f"{url} not ready after {timeout} s")
+
+
+def admitted_per_rank(log_path: str) -> dict[int, int]:
+    counts = collections.Counter()
+    with open(log_path) as f:
+        for line in f:
+            m = NEW_SEQ.search(line)
+            if m:
+                counts[int(m.group(1))] += int(m.group(2))
+    return dict(sorted(counts.items()))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--model", default="models/qwen3-moe-tiny")
+    ap.add_argument("--servers", type=int, default=2)
+    ap.add_argument("--tp", type=int, default=2)
+    ap.add_argument("--dp", type=int, default=2)
+    ap.add_argument("--requests", type=int, default=512)
+    ap.add_argument("--concurrency", type=int, default=128)
+    ap.add_argument("--port", type=int, default=30000)
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    result = {"command": "python3 benchmarks/router_cluster.py " + " ".join(sys.argv[1:]),
+              "machine": machine(),
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    servers = []
+    for i in range(args.servers):
+        gpus = ",".join(str(g) for g in range(i * args.tp, (i + 1) * args.tp))
+        server_args = ["--model-path", args.model, "--tp", str(args.tp), "--dp", str(args.dp),
+                       "--enable-dp-attention", "--backend", "atom", *BASE_FLAGS]
+        servers.append(Server(server_args, os.path.join(args.out, f"server{i}.log"),
+                              port=args.port + 1 + i, env={"CUDA_VISIBLE_DEVICES": gpus}))
+    router_log = open(os.path.join(args.out, "router.log"), "w")
+    router = None
+    try:
+        for s in servers:
+            s.__enter__()
+        for s in servers:
+            print(f"{s.url} ready after {s.wait_ready():.0f} s", flush=True)
+        cmd = [sys.executable, "-m", "sglang_router.launch_router", "--host", "127.0.0.1",
+               "--port", str(args.port), "--policy", "round_robin", "--dp-aware",
+               "--worker-urls", *[s.url for s in servers]]
+        router_log.write("$ " + " ".join(cmd) + "\n")
+        router_log.flush()
+        router = subprocess.Popen(cmd, stdout=router_log, stderr=subprocess.STDOUT, start_new_session=True)
+        router_url = f"http://127.0.0.1:{args.port}"
+        wait_http(router_url + "/health", router)
+        result["server_info_dp_size"] = [
+            json.loads(s.get("/server_info")).get("dp_size") for s in servers]
+        work = WORKLOADS["short"]
+        _, warm_s = load(router_url, work.requests(args.concurrency, seed=1), args.concurrency)
+        before = [admitted_per_rank(s.log_path) for s in servers]
+        records, secs = load(router_url, work.requests(args.requests, seed=2), args.concurrency,
+                             progress="through router")
+        after = [admitted_per_rank(s.log_path) for s in servers]
+        result["client"] = summarize(records, secs, args.servers * args.tp, args.concurrency)
+        result["admitted_per_server_rank"] = {
+            f"server{i}": {f"dp{r}": after[i].get(r, 0) - before[i].get(r, 0) for r in range(args.dp)}
+            for i in range(args.servers)}
+    finally:
+        if router is not None and router.poll() is None:
+            router.terminate()
+            router.wait(timeout=30)
+        router_log.close()
+        for s in reversed(servers):
+            s.__exit__(None, None, None)
+    record_json(os.path.join(args.out, "router.json"), result)
+    print(result["admitted_per_server_rank"], result["client"]["completed"], "completed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
