@@ -238,3 +238,39 @@ def test_dp_controller_process_loads_and_verifies_the_hooks():
     assert out["scheduler_wrapped"] is True
     assert out["hooked_env"] == "launcher,dp_controller"
     assert out["exitcode"] == 0
+
+
+def test_a_hook_sglang_fails_to_apply_stops_startup():
+    """HookRegistry only logs a hook it cannot apply; sglang-atom must stop instead of serving."""
+    code = (
+        "from sglang.srt.plugins.hook_registry import HookRegistry\n"
+        "original = HookRegistry._apply_target.__func__\n"
+        "def failing(cls, target, hooks):\n"
+        "    if target.endswith('Scheduler.get_new_batch_prefill'):\n"
+        "        raise RuntimeError('simulated failure')\n"
+        "    return original(cls, target, hooks)\n"
+        "HookRegistry._apply_target = classmethod(failing)\n"
+        "from sglang.srt.plugins import load_plugins\n"
+        "load_plugins()\n"
+        "from sglang.srt.server_args import prepare_server_args\n"
+        f"prepare_server_args({['--model-path', QWEN, *CPU_ARGS, '--tp', '2', '--dp', '2', '--enable-dp-attention', '--backend', 'atom']!r})\n"
+        "print('SERVED ANYWAY')\n"
+    )
+    proc = run_python(code)
+    assert proc.returncode != 0 and "SERVED ANYWAY" not in proc.stdout
+    assert ("sglang-atom: SGLang did not apply its hooks on "
+            "sglang.srt.managers.scheduler.Scheduler.get_new_batch_prefill") in proc.stderr
+
+
+def test_a_missing_sglang_internal_is_named():
+    code = (
+        "from sglang_atom.integration import symbols\n"
+        "try:\n"
+        "    symbols.require(['sglang.srt.managers.scheduler.Scheduler.get_new_batch_prefill',\n"
+        "                     'sglang.srt.managers.scheduler.Scheduler.no_such_method'])\n"
+        "except symbols.SGLangMismatch as exc:\n"
+        "    print(exc)\n"
+    )
+    proc = run_python(code)
+    assert ("sglang-atom supports SGLang 0.5.17, but SGLang 0.5.17 lacks "
+            "sglang.srt.managers.scheduler.Scheduler.no_such_method; install sglang==0.5.17") in proc.stdout
