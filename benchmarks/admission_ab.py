@@ -132,7 +132,8 @@ def main() -> int:
                                    before, after, "sglang:atom_admission_decisions_total")}
                         result["runs"].append(row)
                         record_json(os.path.join(args.out, "ab.json"), result)
-                        print(f"   {wname} c{conc} r{rep}: in {row['input_tok_s']:.0f} tok/s, "
+                        print(f"   {wname} c{conc} r{rep}: in {row['input_tok_s']:.0f} tok/s "
+                              f"(steady {row['steady_input_tok_s']:.0f}), "
                               f"out {row['output_tok_s']:.0f} tok/s, TTFT {row['mean_ttft_ms']:.0f} ms, "
                               f"pad {row['padding_ratio_mean']}, {secs:.1f} s", flush=True)
     result["elapsed_s"] = round(time.time() - t0, 1)

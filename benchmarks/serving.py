@@ -110,12 +110,14 @@ class Record:
     e2e: float = 0.0
     itl: list = field(default_factory=list)
     error: str = ""
+    sent_at: float = 0.0  # perf_counter when the request was sent
 
 
 async def _one(session, url, ids, max_new, record: Record):
     payload = {"input_ids": ids, "stream": True,
                "sampling_params": {"max_new_tokens": max_new, "temperature": 0.0, "ignore_eos": True}}
     start = time.perf_counter()
+    record.sent_at = start
     last = start
     try:
         async with session.post(url + "/generate", json=payload) as resp:
@@ -195,9 +197,25 @@ def summarize(records: list[Record], duration: float, n_gpus: int, concurrency: 
         out[f"mean_{name}_ms"] = round(statistics.mean(vals) * ms, 2) if vals else 0.0
         for q in (50, 90, 99):
             out[f"p{q}_{name}_ms"] = round(_pct(vals, q) * ms, 2)
+    out["steady_input_tok_s"] = steady_input_rate(ok, concurrency)
     if records and not ok:
         out["first_error"] = records[0].error
     return out
+
+
+def steady_input_rate(records: list[Record], concurrency: int) -> float:
+    """Input tok/s over the closed loop's steady part: from the end of the first wave (the
+    `concurrency`-th completion) to the last send, counting requests sent in that window.
+    The first wave arrives all at once and the tail drains with falling concurrency; both
+    swing short runs. 0.0 when the run has no such window (fewer than 2 waves)."""
+    if len(records) <= concurrency:
+        return 0.0
+    ends = sorted(r.sent_at + r.e2e for r in records)
+    t0, t1 = ends[concurrency - 1], max(r.sent_at for r in records)
+    inside = [r for r in records if t0 <= r.sent_at <= t1]
+    if t1 <= t0 or len(inside) < 2:
+        return 0.0
+    return round(sum(r.input_len for r in inside) / (t1 - t0), 1)
 
 
 def scrape(metrics_text: str, prefix: str = "sglang:atom_") -> dict:

@@ -62,3 +62,18 @@ def test_scrape_sums_series():
     page = ('# HELP x\nsglang:atom_admission_decisions_total{decision="fire",reason="fill"} 3.0\n'
             'sglang:num_running_reqs 4\nsglang:atom_admission_decisions_total{decision="fire",reason="fill"} 2.0\n')
     assert scrape(page) == {'sglang:atom_admission_decisions_total{decision="fire",reason="fill"}': 5.0}
+
+
+def test_steady_rate_counts_requests_sent_between_first_wave_and_last_send():
+    from serving import Record, steady_input_rate
+
+    recs = []
+    for i in range(4):  # first wave at t=0, each lasting 1 s; then one send per second
+        recs.append(Record(100, sent_at=0.0, e2e=1.0 + i))
+    for i in range(4):
+        recs.append(Record(200, sent_at=1.0 + i, e2e=1.0))
+    # completions at 1,2,2,3,3,4,4,5. concurrency 4: window t=3..4 holds the sends at 3 and 4
+    assert steady_input_rate(recs, 4) == (200 * 2) / 1.0
+    # concurrency 2: window t=2..4 holds the sends at 2, 3 and 4
+    assert steady_input_rate(recs, 2) == (200 * 3) / 2.0
+    assert steady_input_rate(recs[:2], 2) == 0.0
