@@ -21,7 +21,7 @@ import statistics
 import sys
 
 # Metrics reduced to mean/min/max per group.
-METRICS = ["input_tok_s", "output_tok_s", "total_tok_s_per_gpu", "output_tok_s_per_user",
+METRICS = ["input_tok_s", "steady_input_tok_s", "output_tok_s", "total_tok_s_per_gpu", "output_tok_s_per_user",
            "mean_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "padding_ratio_mean"]
 
 
@@ -98,7 +98,7 @@ def markdown(aggregated: list[dict], metas: list[dict], baseline: str = "plain")
         lines += ["", "**Warning:** some groups merge runs with different GPU counts."]
     base = {(a["workload"], a["concurrency"]): a["input_tok_s"]
             for a in aggregated if a["config"] == baseline}
-    header = ["config", "concurrency", "repeats", "input tok/s", "output tok/s", "tok/s/GPU",
+    header = ["config", "concurrency", "repeats", "input tok/s", "steady input tok/s", "output tok/s", "tok/s/GPU",
               "tok/s/user", "mean TTFT ms", "p99 TTFT ms", "padding ratio", f"x {baseline}"]
     for workload in dict.fromkeys(a["workload"] for a in aggregated):
         rows = [a for a in aggregated if a["workload"] == workload]
@@ -111,13 +111,15 @@ def markdown(aggregated: list[dict], metas: list[dict], baseline: str = "plain")
             ratio = f"{a['input_tok_s'] / ref:.2f}x" if ref and a["input_tok_s"] is not None else ""
             failed = f" ({a['failed']} failed)" if a["failed"] else ""
             cells = [a["config"] + failed, str(a["concurrency"]), str(a["repeats"]),
-                     _span(a, "input_tok_s", ",.0f"), _span(a, "output_tok_s", ",.0f"),
+                     _span(a, "input_tok_s", ",.0f"), _span(a, "steady_input_tok_s", ",.0f"),
+                     _span(a, "output_tok_s", ",.0f"),
                      _span(a, "total_tok_s_per_gpu", ",.0f"), _span(a, "output_tok_s_per_user", ".1f"),
                      _span(a, "mean_ttft_ms", ",.0f"), _span(a, "p99_ttft_ms", ",.0f"),
                      _span(a, "padding_ratio_mean", ".3f"), ratio]
             lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("Values are mean [min-max] over repeats; tok/s/GPU counts input + output tokens; "
+    lines.append("Values are mean [min-max] over repeats; steady input tok/s leaves out the first "
+                 "wave and the tail of the closed loop; tok/s/GPU counts input + output tokens; "
                  f"x {baseline} is the ratio of mean input tok/s to {baseline} at the same concurrency.")
     return "\n".join(lines) + "\n"
 

@@ -79,7 +79,7 @@ def test_markdown_baseline_ratio_and_sources(tmp_path):
     assert atom64[-1] == "1.50x" and atom64[3] == "1,650 [1,500-1,800]" and atom64[2] == "2"
     assert table_row(md, "atom", 128)[-1] == "1.25x"  # mean 2750 vs plain's 2200
     assert table_row(md, "atom", 128)[0] == "atom (1 failed)"
-    assert table_row(md, "plain", 64)[-1] == "1.00x" and table_row(md, "plain", 64)[9] == "-"
+    assert table_row(md, "plain", 64)[-1] == "1.00x" and table_row(md, "plain", 64)[10] == "-"
     assert table_row(md, "atom", 64)[9] == "0.500 [0.250-0.750]"
 
 
