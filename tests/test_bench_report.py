@@ -80,7 +80,7 @@ def test_markdown_baseline_ratio_and_sources(tmp_path):
     assert table_row(md, "atom", 128)[-1] == "1.25x"  # mean 2750 vs plain's 2200
     assert table_row(md, "atom", 128)[0] == "atom (1 failed)"
     assert table_row(md, "plain", 64)[-1] == "1.00x" and table_row(md, "plain", 64)[10] == "-"
-    assert table_row(md, "atom", 64)[9] == "0.500 [0.250-0.750]"
+    assert table_row(md, "atom", 64)[10] == "0.500 [0.250-0.750]"
 
 
 def test_missing_baseline_leaves_ratio_blank(tmp_path):
