@@ -1,14 +1,20 @@
-"""A/B of DP prefill admission: plain SGLang vs SGLang's PrefillDelayer vs `--backend atom`.
+"""Serving A/B matrix: server configs x workloads x concurrency sweep, on servers it starts.
 
+    python3 benchmarks/admission_ab.py --scenario admission-dp4 --out DIR
     python3 benchmarks/admission_ab.py --out DIR --tp 4 --dp 4 \
         --configs plain,delayer,atom --workloads short,8k1k --concurrency 64,128,256 --repeats 2
+
+A named --scenario fills the matrix (SCENARIOS below); explicit flags override it. Configs:
+plain SGLang, SGLang's PrefillDelayer, `--backend atom` variants, and DeepEP EP mode with TBO.
 
 For each server config it starts the server, warms it up (excluded from results), runs every
 workload x concurrency x repeat with the same client and requests, scrapes sglang-atom's
 metrics around each run, and stops the server. `--calibrate` adds step-time probes (prefill
 TTFT by size, decode ITL by batch) on the first config, for the simulator's step-time model.
-Writes DIR/ab.json (command, machine, date, every run) and one server log per config. Stops
-starting new work once --deadline-s has passed so the run ends inside the device's limit.
+Writes DIR/ab.json (command, machine, date, every run), one server log per config, and the
+report (DIR/report/summary.md and plots). A config whose server does not start is recorded with
+the end of its log and the matrix goes on. Stops starting new work once --deadline-s has passed
+so the run ends inside the device's limit.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from serve_smoke import BASE_FLAGS, machine  # noqa: E402
+import report  # noqa: E402
 from serving import WORKLOADS, Server, Workload, load, record_json, scrape, summarize  # noqa: E402
 
 CONFIGS = {
@@ -31,6 +38,23 @@ CONFIGS = {
     "atom_fill02": ["--backend", "atom", "--atom-admission-target-fill", "0.2"],
     # plain SGLang scheduling plus sglang-atom's observer: the padding-ratio baseline
     "observe": ["--backend", "atom", "--atom-admission", "off"],
+    # DeepEP expert parallelism with SGLang's own two-batch overlap (needs deep_ep installed)
+    "deepep_tbo": ["--moe-a2a-backend", "deepep", "--enable-two-batch-overlap"],
+}
+
+SCENARIOS = {
+    "admission-dp4": dict(model="models/qwen3-moe-tiny", tp=4, dp=4, workloads="short,8k1k",
+                          configs="plain,delayer,atom,atom_fill02", concurrency="64,128,256",
+                          repeats=3, cuda_graph=True),
+    "admission-dp4-dsv3": dict(model="models/deepseek-v3-width", tp=4, dp=4, workloads="short,8k1k",
+                               configs="plain,delayer,atom", concurrency="64,128,256", repeats=2,
+                               cuda_graph=True),
+    "inferencex-dp4": dict(model="models/qwen3-moe-tiny", tp=4, dp=4, workloads="1k1k,8k1k",
+                           configs="plain,delayer,atom,deepep_tbo", concurrency="64,128,256,512",
+                           repeats=2, cuda_graph=True),
+    "inferencex-dp8": dict(model="models/qwen3-moe-tiny", tp=8, dp=8, workloads="1k1k,8k1k",
+                           configs="plain,delayer,atom", concurrency="64,128,256,512", repeats=2,
+                           cuda_graph=True),
 }
 
 
@@ -64,8 +88,9 @@ def calibrate(url: str, dp: int) -> dict:
     return probes
 
 
-def main() -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--scenario", choices=sorted(SCENARIOS), help="a named matrix (flags override)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--model", default="models/qwen3-moe-tiny")
     ap.add_argument("--tp", type=int, default=4)
@@ -81,7 +106,14 @@ def main() -> int:
     ap.add_argument("--cuda-graph", action="store_true",
                     help="keep SGLang's CUDA graphs on (the default flags turn them off)")
     ap.add_argument("--deadline-s", type=float, default=540)
-    args = ap.parse_args()
+    scenario = ap.parse_known_args(argv)[0].scenario
+    if scenario:
+        ap.set_defaults(**SCENARIOS[scenario])
+    return ap.parse_args(argv)
+
+
+def main() -> int:
+    args = parse_args()
     os.makedirs(args.out, exist_ok=True)
     t0 = time.time()
     result = {"command": "python3 benchmarks/admission_ab.py " + " ".join(sys.argv[1:]),
@@ -99,8 +131,16 @@ def main() -> int:
             continue
         server_args = base + CONFIGS[name]
         print(f"== {name}: starting ({time.time() - t0:.0f} s elapsed)", flush=True)
-        with Server(server_args, os.path.join(args.out, f"server_{name}.log")) as server:
-            startup = server.wait_ready()
+        log_path = os.path.join(args.out, f"server_{name}.log")
+        with Server(server_args, log_path) as server:
+            try:
+                startup = server.wait_ready()
+            except (RuntimeError, TimeoutError) as exc:
+                with open(log_path) as f:
+                    tail = f.read()[-3000:]
+                result["failed_configs"] = {**result.get("failed_configs", {}), name: f"{exc}\n{tail}"}
+                print(f"   {name} did not start: {exc}", flush=True)
+                continue
             # Warm-up: one full load at the highest concurrency, so every kernel shape the runs
             # hit is compiled before timing (Triton MoE compiles per shape bucket).
             top = max(concurrencies)
@@ -138,6 +178,8 @@ def main() -> int:
                               f"pad {row['padding_ratio_mean']}, {secs:.1f} s", flush=True)
     result["elapsed_s"] = round(time.time() - t0, 1)
     record_json(os.path.join(args.out, "ab.json"), result)
+    if result["runs"]:
+        report.main([os.path.join(args.out, "ab.json"), "--out", os.path.join(args.out, "report")])
     return 0
 
 

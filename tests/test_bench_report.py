@@ -106,3 +106,15 @@ def test_cli_writes_summary_and_plots(tmp_path, capsys):
     for p in pngs:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
         assert f"({p.name})" in summary  # linked from the summary
+
+
+def test_named_scenarios_fill_the_matrix_and_flags_override():
+    import admission_ab
+
+    args = admission_ab.parse_args(["--scenario", "inferencex-dp4", "--out", "x", "--repeats", "1"])
+    assert (args.tp, args.dp, args.workloads, args.cuda_graph) == (4, 4, "1k1k,8k1k", True)
+    assert args.configs.split(",") == ["plain", "delayer", "atom", "deepep_tbo"]
+    assert args.repeats == 1  # explicit flag wins over the scenario
+    for spec in admission_ab.SCENARIOS.values():
+        assert set(spec["configs"].split(",")) <= set(admission_ab.CONFIGS)
+        assert set(spec["workloads"].split(",")) <= set(admission_ab.WORKLOADS)
