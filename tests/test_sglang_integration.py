@@ -274,3 +274,19 @@ def test_a_missing_sglang_internal_is_named():
     proc = run_python(code)
     assert ("sglang-atom supports SGLang 0.5.17, but SGLang 0.5.17 lacks "
             "sglang.srt.managers.scheduler.Scheduler.no_such_method; install sglang==0.5.17") in proc.stdout
+
+
+def test_dp_controller_target_refuses_to_run_inside_the_launcher():
+    code = (
+        "from sglang.srt.plugins import load_plugins\n"
+        "load_plugins()\n"
+        "from sglang.srt.server_args import prepare_server_args\n"
+        f"prepare_server_args({['--model-path', QWEN, *CPU_ARGS, '--tp', '2', '--dp', '2', '--enable-dp-attention', '--backend', 'atom']!r})\n"
+        "from sglang.srt.entrypoints import engine\n"
+        "try:\n"
+        "    engine.run_data_parallel_controller_process('server_args', 'port_args')\n"
+        "except RuntimeError as exc:\n"
+        "    print('REFUSED', exc)\n"
+    )
+    proc = run_python(code)
+    assert "REFUSED DPControllerProcess must run as a spawned process target" in proc.stdout, proc.stderr[-2000:]

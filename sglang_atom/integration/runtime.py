@@ -79,7 +79,12 @@ class DPControllerProcess:
         load_plugins()  # SGLANG_ATOM_BACKEND=atom: installs and verifies this process's hooks
         if installed():
             mark_hooked("dp_controller")
-        data_parallel_controller.run_data_parallel_controller_process(*args, **kwargs)
+        run = data_parallel_controller.run_data_parallel_controller_process
+        if run is DPControllerProcess:
+            # Only in the launcher, whose own hook rebinds that name: SGLang always starts the
+            # controller in a spawned process, where the name is SGLang's function again.
+            raise RuntimeError("DPControllerProcess must run as a spawned process target")
+        run(*args, **kwargs)
 
 
 def runtime_hooks(launcher: bool):
