@@ -84,14 +84,6 @@ class AtomConfig:
         low=2,
     )
 
-    # Two-batch overlap over all_gather/reduce_scatter.
-    tbo_min_tokens: int = _flag(
-        2048,
-        "Smallest per-rank prefill (tokens) that is split into two micro-batches; below it, every "
-        "rank runs the batch whole.",
-        low=2,
-    )
-
     # MoE expert kernels.
     moe_kernel: str = _flag(
         "auto",

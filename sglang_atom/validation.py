@@ -89,7 +89,7 @@ def summary(cfg: AtomConfig, setup: ServingSetup, plan: PlatformPlan) -> str:
     else:
         admission = "admission=off (PD-disaggregated server: no prefill and decode to align)"
     if tbo_active(cfg, setup):
-        tbo = f"tbo=prefill over all_gather/reduce_scatter (min {cfg.tbo_min_tokens} tokens/rank)"
+        tbo = "tbo=prefill over all_gather/reduce_scatter"
     elif not setup.two_batch_overlap:
         tbo = "tbo=off (--enable-two-batch-overlap not given)"
     else:

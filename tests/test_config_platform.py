@@ -33,7 +33,7 @@ def test_flags_parse():
     (["--atom-admission-max-hold-passes", "-1"], "--atom-admission-max-hold-passes must be >= 0"),
     (["--atom-admission-stall-passes", "0"], "--atom-admission-stall-passes must be >= 1"),
     (["--atom-admission-kv-high", "2"], "--atom-admission-kv-high must be <= 1.0"),
-    (["--atom-tbo-min-tokens", "1"], "--atom-tbo-min-tokens must be >= 2"),
+    (["--atom-admission-tbo-min-tokens", "1"], "--atom-admission-tbo-min-tokens must be >= 2"),
 ])
 def test_out_of_range_values_raise_with_the_flag_name(argv, message):
     with pytest.raises(AtomConfigError, match=message.replace(".", r"\.")):
