@@ -141,11 +141,14 @@ def main() -> int:
                 result["failed_configs"] = {**result.get("failed_configs", {}), name: f"{exc}\n{tail}"}
                 print(f"   {name} did not start: {exc}", flush=True)
                 continue
-            # Warm-up: one full load at the highest concurrency, so every kernel shape the runs
-            # hit is compiled before timing (Triton MoE compiles per shape bucket).
-            top = max(concurrencies)
-            warm = WORKLOADS[args.workloads.split(",")[0]].requests(top, seed=99)
-            _, warm_s = load(server.url, warm, top)
+            # Warm-up: one wave per workload and concurrency, so the batch shapes the runs hit
+            # are compiled before timing (Triton kernels compile per shape bucket; a warm-up at
+            # the top concurrency alone left multi-second stalls in the lower ones).
+            warm_s = 0.0
+            for wname in args.workloads.split(","):
+                for conc in concurrencies:
+                    _, secs = load(server.url, WORKLOADS[wname].requests(conc, seed=99 + conc), conc)
+                    warm_s += secs
             print(f"   ready {startup:.0f} s, warm-up {warm_s:.0f} s", flush=True)
             if args.calibrate and ci == 0:
                 result["calibration"] = {"config": name, **calibrate(server.url, args.dp)}
