@@ -20,28 +20,12 @@ import os
 import re
 import subprocess
 import sys
-import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from serve_smoke import BASE_FLAGS, machine  # noqa: E402
-from serving import WORKLOADS, Server, load, record_json, summarize  # noqa: E402
+from serving import WORKLOADS, Server, load, record_json, summarize, wait_http  # noqa: E402
 
 NEW_SEQ = re.compile(r"DP(\d+) TP\d+\] Prefill batch, #new-seq: (\d+)")
-
-
-def wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"router exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(1)
-    raise TimeoutError(f"{url} not ready after {timeout} s")
 
 
 def admitted_per_rank(log_path: str) -> dict[int, int]:
@@ -90,7 +74,7 @@ def main() -> int:
         router_log.flush()
         router = subprocess.Popen(cmd, stdout=router_log, stderr=subprocess.STDOUT, start_new_session=True)
         router_url = f"http://127.0.0.1:{args.port}"
-        wait_http(router_url + "/health", router)
+        wait_http(router_url + "/health", router, 120, "router")
         result["server_info_dp_size"] = [
             json.loads(s.get("/server_info")).get("dp_size") for s in servers]
         work = WORKLOADS["short"]

@@ -23,6 +23,22 @@ from dataclasses import dataclass, field
 
 
 # ----------------------------------------------------------------------------- server
+def wait_http(url: str, proc: subprocess.Popen, timeout: float, what: str) -> None:
+    """Poll `url` until it answers 200; fail early if `proc` (the process serving it) exits."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"{what} not ready after {timeout} s")
+
+
 class Server:
     """`python -m sglang.launch_server ARGS` in its own process group, logging to a file."""
 
@@ -44,18 +60,8 @@ class Server:
         return self
 
     def wait_ready(self, timeout: float = 400) -> float:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log_path}")
-            try:
-                with urllib.request.urlopen(self.url + "/get_model_info", timeout=2) as r:
-                    if r.status == 200:
-                        return time.time() - self.started
-            except OSError:
-                pass
-            time.sleep(2)
-        raise TimeoutError(f"server not ready after {timeout} s; see {self.log_path}")
+        wait_http(self.url + "/get_model_info", self.proc, timeout, f"server (see {self.log_path})")
+        return time.time() - self.started
 
     def get(self, path: str) -> str:
         with urllib.request.urlopen(self.url + path, timeout=10) as r:

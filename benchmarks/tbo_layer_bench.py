@@ -150,9 +150,6 @@ def worker(rank, world, args, init_file, queue):
             })
             if rank == 0:
                 print(json.dumps(rows[-1]), flush=True)
-            del ops, whole, comm, whole_comm, gathered
-            if cuda:
-                torch.cuda.empty_cache()
     if rank == 0:
         queue.put(rows)
     dist.destroy_process_group()

@@ -17,10 +17,14 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from .admission.policy import PolicyParams
+
 BACKEND_ENV = "SGLANG_ATOM_BACKEND"  # "atom" or "sglang"; documented for the Engine API
 CONFIG_ENV = "SGLANG_ATOM_CONFIG"  # JSON of AtomConfig, set by the launcher for its children
 
 BACKENDS = ("sglang", "atom")
+
+_POLICY = PolicyParams()  # the admission defaults live with the policy; the flags take them from there
 
 
 class AtomConfigError(ValueError):
@@ -45,40 +49,40 @@ class AtomConfig:
         choices=("coalesce", "off"),
     )
     admission_target_fill: float = _flag(
-        0.7,
+        _POLICY.target_fill,
         "Fire prefill once the pending prefill tokens of all ranks reach this fraction of their "
         "combined prefill budget (--chunked-prefill-size per rank).",
         low=0.0, high=1.0, low_open=True,
     )
     admission_align: bool = _flag(
-        True, "Hold prefill while some ranks have nothing to prefill and others do (1 or 0)."
+        _POLICY.align, "Hold prefill while some ranks have nothing to prefill and others do (1 or 0)."
     )
     admission_max_hold_passes: int = _flag(
-        32, "Never hold prefill for more than this many consecutive scheduler passes.", low=0
+        _POLICY.max_hold_passes, "Never hold prefill for more than this many consecutive scheduler passes.", low=0
     )
     admission_max_wait_ms: int = _flag(
-        1000,
+        _POLICY.max_wait_ms,
         "Fire prefill once the oldest waiting request on any rank has waited this long (ms).",
         low=1,
     )
     admission_chunked_max_hold_passes: int = _flag(
-        0,
+        _POLICY.chunked_max_hold_passes,
         "Hold prefill for at most this many passes while some rank has a chunked prefill in "
         "progress (0: a chunk in progress fires prefill on every rank, which keeps ranks aligned).",
         low=0,
     )
     admission_stall_passes: int = _flag(
-        4,
+        _POLICY.stall_passes,
         "Fire prefill when the pending tokens of all ranks have not grown for this many held passes.",
         low=1,
     )
     admission_kv_high: float = _flag(
-        0.9,
+        _POLICY.kv_high,
         "Fire prefill when some rank's KV cache usage is at or above this fraction.",
         low=0.0, high=1.0, low_open=True,
     )
     admission_tbo_min_tokens: int = _flag(
-        4096,
+        _POLICY.tbo_min_tokens,
         "With two-batch overlap on, fire prefill as soon as every rank has at least this many "
         "pending tokens (enough for a useful split).",
         low=2,
@@ -140,6 +144,19 @@ class AtomConfig:
     @property
     def enabled(self) -> bool:
         return self.backend == "atom"
+
+    def policy_params(self, tbo_enabled: bool) -> PolicyParams:
+        return PolicyParams(
+            target_fill=self.admission_target_fill,
+            align=self.admission_align,
+            max_hold_passes=self.admission_max_hold_passes,
+            max_wait_ms=self.admission_max_wait_ms,
+            chunked_max_hold_passes=self.admission_chunked_max_hold_passes,
+            stall_passes=self.admission_stall_passes,
+            kv_high=self.admission_kv_high,
+            tbo_enabled=tbo_enabled,
+            tbo_min_tokens=self.admission_tbo_min_tokens,
+        )
 
     # ------------------------------------------------- passing to child processes
     def to_env(self, environ=os.environ) -> None:

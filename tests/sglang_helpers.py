@@ -12,7 +12,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 QWEN = str(ROOT / "models" / "qwen3-moe-tiny")
-DEEPSEEK = str(ROOT / "models" / "deepseek-v3-tiny")
 CPU_ARGS = ["--device", "cpu", "--load-format", "dummy", "--skip-tokenizer-init"]
 
 

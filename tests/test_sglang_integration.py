@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from sglang_helpers import CPU_ARGS, DEEPSEEK, QWEN, ROOT, last_json, run_python
+from sglang_helpers import CPU_ARGS, QWEN, ROOT, last_json, run_python
 
 SCHEDULER_TARGETS = [
     "sglang.srt.managers.scheduler.Scheduler.init_schedule_policy",

@@ -6,7 +6,7 @@ or idles; all ranks share one pass whose time comes from `StepModel`. SGLang run
 first, so a prefilling rank's running requests do not decode in that pass, and the other
 ranks' decodes wait for it: that is the cost admission tries to cut.
 
-    python -m sglang_atom.admission.simulator --out DIR [--dp 4,8,16,32,64] [--quick]
+    python -m sglang_atom.admission.simulator --out DIR [--dp 4,8,16,32,64] [--graph-decode-speedup 2]
 
 writes DIR/sim.json, DIR/sim.md (table) and DIR/sim.png (plot, when matplotlib is installed).
 """
@@ -77,6 +77,7 @@ def fit_step_model(points=CALIBRATION_DP2) -> tuple[StepModel, float]:
 # --------------------------------------------------------------------------- policies
 class NoPolicy:
     name = "none"
+    continues_chunks_when_held = False
 
     def fire(self, ranks: list[RankState]) -> bool:
         return True
@@ -88,6 +89,7 @@ class SGLangDelayer:
     (Its slot/queue triggers for the all-prefillable case are off by default and not modelled.)"""
 
     name = "sglang_delayer"
+    continues_chunks_when_held = True  # SGLang's add_chunked_req ignores the delayer's verdict
 
     def __init__(self, max_delay_passes: int = 30):
         self.max_delay_passes, self.delayed = max_delay_passes, 0
@@ -103,6 +105,7 @@ class SGLangDelayer:
 
 class AtomPolicy:
     name = "atom"
+    continues_chunks_when_held = False  # the policy itself decides about chunks (chunked rule)
 
     def __init__(self, params: PolicyParams):
         self.params, self.state, self.reasons = params, EpisodeState(), {}
@@ -188,7 +191,7 @@ def simulate(policy, dp: int, workload: Workload, model: StepModel, concurrency_
         # Each rank: prefill (if allowed and it has work), else decode, else idle.
         tokens, extends = [], []
         for r in ranks:
-            chunk_only = r.chunked is not None and isinstance(policy, SGLangDelayer)
+            chunk_only = r.chunked is not None and policy.continues_chunks_when_held
             if (fire or chunk_only) and (r.waiting or r.chunked):
                 left, batch = budget, []
                 if r.chunked:

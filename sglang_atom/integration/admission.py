@@ -10,17 +10,14 @@ returns no prefill batch so the rank decodes.
 
 from __future__ import annotations
 
-import logging
 import time
 
 import torch
 from sglang.srt.managers.schedule_batch import NextBatchPlan
 
-from ..admission.policy import EpisodeState, PolicyParams, RankState, decide, padding_ratio
+from ..admission.policy import EpisodeState, RankState, decide, padding_ratio
 from ..config import AtomConfig
 from ..metrics import AtomMetrics
-
-logger = logging.getLogger(__name__)
 
 # Pending tokens are capped so the int64 row never overflows and one huge prompt does not
 # dominate the fill signal beyond what a few passes can prefill anyway.
@@ -33,17 +30,7 @@ class AdmissionController:
     def __init__(self, scheduler, cfg: AtomConfig, tbo_enabled: bool, metrics: AtomMetrics | None):
         ps = scheduler.ps
         self.group = scheduler.tp_cpu_group
-        self.params = PolicyParams(
-            target_fill=cfg.admission_target_fill,
-            align=cfg.admission_align,
-            max_hold_passes=cfg.admission_max_hold_passes,
-            max_wait_ms=cfg.admission_max_wait_ms,
-            chunked_max_hold_passes=cfg.admission_chunked_max_hold_passes,
-            stall_passes=cfg.admission_stall_passes,
-            kv_high=cfg.admission_kv_high,
-            tbo_enabled=tbo_enabled,
-            tbo_min_tokens=cfg.admission_tbo_min_tokens,
-        )
+        self.params = cfg.policy_params(tbo_enabled)
         self.dp_size = ps.attn_dp_size
         self.ranks_per_dp = ps.tp_size // ps.attn_dp_size
         self.buffer = torch.empty((self.dp_size, self.ranks_per_dp, len(RankState.FIELDS)),

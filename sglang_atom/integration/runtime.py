@@ -105,8 +105,8 @@ def is_launcher() -> bool:
     return multiprocessing.parent_process() is None
 
 
-def install(launcher: bool) -> list[str]:
-    """Register, apply and verify the runtime hooks of this process; returns their targets."""
+def install(launcher: bool) -> None:
+    """Register, apply and verify the runtime hooks of this process."""
     from sglang.srt.plugins.hook_registry import HookRegistry, HookSource
 
     hooks = runtime_hooks(launcher)
@@ -123,7 +123,6 @@ def install(launcher: bool) -> list[str]:
     verify(hooks)
     if launcher:
         mark_hooked("launcher")
-    return targets
 
 
 def verify(hooks) -> None:
