@@ -81,10 +81,10 @@ class AtomConfig:
         "Fire prefill when some rank's KV cache usage is at or above this fraction.",
         low=0.0, high=1.0, low_open=True,
     )
-    admission_tbo_min_tokens: int = _flag(
+    tbo_min_tokens: int = _flag(
         _POLICY.tbo_min_tokens,
-        "With two-batch overlap on, fire prefill as soon as every rank has at least this many "
-        "pending tokens (enough for a useful split).",
+        "Two-batch overlap splits a prefill only when its largest rank has at least this many "
+        "tokens; admission fires as soon as every rank has this many pending.",
         low=2,
     )
 
@@ -155,7 +155,7 @@ class AtomConfig:
             stall_passes=self.admission_stall_passes,
             kv_high=self.admission_kv_high,
             tbo_enabled=tbo_enabled,
-            tbo_min_tokens=self.admission_tbo_min_tokens,
+            tbo_min_tokens=self.tbo_min_tokens,
         )
 
     # ------------------------------------------------- passing to child processes

@@ -21,6 +21,7 @@ class AtomMetrics:
     held_passes: object
     held_seconds: object
     padding: object
+    tbo_prefills: object
 
     @classmethod
     def create(cls) -> "AtomMetrics":
@@ -48,6 +49,13 @@ class AtomMetrics:
                 "ranks' token rows, i.e. the padding share if every rank were padded to the largest.",
                 buckets=RATIO_BUCKETS,
             ),
+            tbo_prefills=Counter(
+                "sglang:atom_tbo_prefill_passes_total",
+                "Prefill passes with two-batch overlap on, by whether every rank ran them as two "
+                "overlapped micro-batches (split=yes) or whole (split=no: decode in the pass, or "
+                "fewer than --atom-tbo-min-tokens on the largest rank).",
+                ["split"],
+            ),
         )
 
     def decision(self, decision: Decision) -> None:
@@ -59,3 +67,6 @@ class AtomMetrics:
 
     def gathered_rows(self, ratio: float) -> None:
         self.padding.observe(ratio)
+
+    def tbo_prefill(self, split: bool) -> None:
+        self.tbo_prefills.labels("yes" if split else "no").inc()

@@ -25,6 +25,12 @@ class ServingSetup:
     two_batch_overlap: bool
     disaggregation_mode: str  # "null", "prefill" or "decode"
     pp_size: int = 1
+    # Read only when two-batch overlap is on.
+    mixed_chunk: bool = False
+    speculative: bool = False
+    expert_balancing: bool = False  # EPLB or the expert distribution recorder
+    ep_size: int = 1
+    shared_expert_tp1: bool = False  # SGLANG_SHARED_EXPERT_TP1=1
 
 
 def check(cfg: AtomConfig, setup: ServingSetup) -> None:
@@ -50,10 +56,7 @@ def check(cfg: AtomConfig, setup: ServingSetup) -> None:
             "and needs --enable-dp-attention; add it or drop --enable-two-batch-overlap."
         )
     if setup.two_batch_overlap:
-        raise AtomConfigError(
-            "two-batch overlap over all_gather/reduce_scatter is not available in this build of "
-            "sglang-atom yet; drop --enable-two-batch-overlap."
-        )
+        check_tbo(setup)
     if setup.pp_size > 1:
         raise AtomConfigError(
             "--backend atom does not support pipeline parallelism; drop --pp-size or use --backend sglang."
@@ -63,6 +66,32 @@ def check(cfg: AtomConfig, setup: ServingSetup) -> None:
             "--backend atom overlaps prefill only; drop --enable-two-batch-overlap on a "
             "--disaggregation-mode decode server."
         )
+
+
+def check_tbo(setup: ServingSetup) -> None:
+    """What two-batch overlap over all_gather/reduce_scatter (integration/tbo.py) can run."""
+    if setup.tp_size != setup.dp_size:
+        raise AtomConfigError(
+            f"two-batch overlap with --backend atom runs attention with one GPU per DP rank; set "
+            f"--dp equal to --tp (got --tp {setup.tp_size} --dp {setup.dp_size}).")
+    if setup.ep_size != 1:
+        raise AtomConfigError(
+            "two-batch overlap with --backend atom keeps experts TP-sharded; drop --ep-size.")
+    if setup.mixed_chunk:
+        raise AtomConfigError(
+            "two-batch overlap with --backend atom splits prefill-only batches; drop --enable-mixed-chunk.")
+    if setup.speculative:
+        raise AtomConfigError(
+            "two-batch overlap with --backend atom does not support speculative decoding; drop "
+            "--speculative-algorithm or --enable-two-batch-overlap.")
+    if setup.expert_balancing:
+        raise AtomConfigError(
+            "two-batch overlap with --backend atom does not record expert load; drop --enable-eplb "
+            "and --expert-distribution-recorder-mode, or --enable-two-batch-overlap.")
+    if setup.shared_expert_tp1:
+        raise AtomConfigError(
+            "two-batch overlap with --backend atom sums shared experts in the reduce_scatter, which "
+            "needs them TP-sharded; unset SGLANG_SHARED_EXPERT_TP1.")
 
 
 def admission_active(cfg: AtomConfig, setup: ServingSetup) -> bool:

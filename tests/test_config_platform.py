@@ -1,6 +1,7 @@
 """Pure tier: the configuration object, its flags and the platform decision."""
 
 import argparse
+import re
 
 import pytest
 
@@ -33,7 +34,7 @@ def test_flags_parse():
     (["--atom-admission-max-hold-passes", "-1"], "--atom-admission-max-hold-passes must be >= 0"),
     (["--atom-admission-stall-passes", "0"], "--atom-admission-stall-passes must be >= 1"),
     (["--atom-admission-kv-high", "2"], "--atom-admission-kv-high must be <= 1.0"),
-    (["--atom-admission-tbo-min-tokens", "1"], "--atom-admission-tbo-min-tokens must be >= 2"),
+    (["--atom-tbo-min-tokens", "1"], "--atom-tbo-min-tokens must be >= 2"),
 ])
 def test_out_of_range_values_raise_with_the_flag_name(argv, message):
     with pytest.raises(AtomConfigError, match=message.replace(".", r"\.")):
@@ -104,3 +105,31 @@ def test_admission_is_off_on_disaggregated_servers():
                              prefill_delayer=False, two_batch_overlap=False, disaggregation_mode=mode)
         assert not admission_active(AtomConfig(backend="atom"), setup)
         assert "admission=off (PD-disaggregated server" in summary(AtomConfig(backend="atom"), setup, plan("cuda"))
+
+
+TBO_REFUSALS = {
+    "tp_size": ({"tp_size": 8}, "set --dp equal to --tp (got --tp 8 --dp 4)"),
+    "ep_size": ({"ep_size": 4}, "keeps experts TP-sharded; drop --ep-size"),
+    "mixed_chunk": ({"mixed_chunk": True}, "drop --enable-mixed-chunk"),
+    "speculative": ({"speculative": True}, "does not support speculative decoding"),
+    "expert_balancing": ({"expert_balancing": True}, "does not record expert load"),
+    "shared_expert_tp1": ({"shared_expert_tp1": True}, "unset SGLANG_SHARED_EXPERT_TP1"),
+    "pd_decode": ({"disaggregation_mode": "decode"}, "overlaps prefill only"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TBO_REFUSALS))
+def test_two_batch_overlap_refusals(case):
+    from dataclasses import replace
+
+    from sglang_atom.validation import ServingSetup, check
+
+    ok = ServingSetup("Qwen3MoeForCausalLM", dp_attention=True, dp_size=4, tp_size=4,
+                      moe_a2a_backend="none", prefill_delayer=False, two_batch_overlap=True,
+                      disaggregation_mode="null")
+    check(AtomConfig(backend="atom"), ok)  # the supported setup passes
+    change, message = TBO_REFUSALS[case]
+    with pytest.raises(AtomConfigError, match=re.escape(message)):
+        check(AtomConfig(backend="atom"), replace(ok, **change))
+    # the same setup without two-batch overlap is fine (these only matter to TBO)
+    check(AtomConfig(backend="atom"), replace(ok, two_batch_overlap=False, **change))

@@ -58,7 +58,7 @@ def test_launch_server_help_lists_the_flags():
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for flag in ("--backend {sglang,atom}", "--atom-admission-target-fill", "--atom-admission-max-wait-ms",
-                 "--atom-admission-tbo-min-tokens", "--atom-moe-kernel"):
+                 "--atom-tbo-min-tokens", "--atom-moe-kernel"):
         assert flag in proc.stdout
 
 
@@ -119,11 +119,13 @@ ERROR_CASES = {
                    "--atom-admission-target-fill must be <= 1.0, got 1.5"),
     "hold_range": (["--atom-admission-max-hold-passes", "-3"],
                    "--atom-admission-max-hold-passes must be >= 0, got -3"),
-    "tbo_range": (["--atom-admission-tbo-min-tokens", "1"],
-                  "--atom-admission-tbo-min-tokens must be >= 2, got 1"),
+    "tbo_range": (["--atom-tbo-min-tokens", "1"],
+                  "--atom-tbo-min-tokens must be >= 2, got 1"),
     "aiter_on_cpu": (["--atom-moe-kernel", "aiter"], "--atom-moe-kernel aiter needs a ROCm GPU"),
-    "tbo_not_yet": (["--enable-two-batch-overlap"],
-                    "two-batch overlap over all_gather/reduce_scatter is not available in this build"),
+    "tbo_attention_tp": (["--enable-two-batch-overlap", "--tp", "4"],
+                         "set --dp equal to --tp (got --tp 4 --dp 2)"),
+    "tbo_mixed_chunk": (["--enable-two-batch-overlap", "--enable-mixed-chunk"],
+                        "splits prefill-only batches; drop --enable-mixed-chunk"),
 }
 
 ERRORS_SCRIPT = """

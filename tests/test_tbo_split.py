@@ -2,7 +2,7 @@
 
 from hypothesis import given, settings, strategies as st
 
-from sglang_atom.tbo.split import agree_split, split_even
+from sglang_atom.tbo.split import agree_split, micro_batch_rows, seq_cut, split_even
 
 
 def test_single_sequence_is_cut_in_the_middle():
@@ -58,3 +58,30 @@ def test_split_properties(seqs):
     flat = [g.seq for g in s.first] + [g.seq for g in s.second]
     assert flat == sorted(flat)
     assert len(flat) - len(set(flat)) <= 1
+
+
+def test_seq_cut_in_sglang_terms():
+    assert seq_cut([100]) == (0, True)  # one sequence, cut in the middle
+    assert seq_cut([25, 25, 40, 10]) == (2, False)  # boundary before sequence 2
+    assert seq_cut([10, 20, 30, 40]) == (2, True)
+    assert seq_cut([1]) == (0, False)  # the first micro-batch is empty
+    assert seq_cut([]) == (0, False)
+
+
+def test_micro_batch_rows():
+    assert micro_batch_rows([8192, 0, 3001]) == ([4096, 0, 1500], [4096, 0, 1501])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.integers(1, 5000), min_size=1, max_size=40))
+def test_seq_cut_matches_split_even(extend):
+    """SGLang builds its children from (k, inside); they must be exactly split_even's halves."""
+    s = split_even(extend, [0] * len(extend))
+    k, inside = seq_cut(extend)
+    first_seqs = list(range(k + 1 if inside else k))
+    second_seqs = list(range(k, len(extend)))
+    assert [g.seq for g in s.first] == first_seqs
+    assert [g.seq for g in s.second] == second_seqs
+    assert inside == any(g.offset > 0 for g in s.second)
+    # SGLang's child A takes tokens [0, total // 2) whether or not a sequence is cut
+    assert s.first_tokens == sum(extend) // 2 == micro_batch_rows([sum(extend)])[0][0]

@@ -95,7 +95,8 @@ def around_get_new_batch_prefill(original, scheduler, running_batch, *args, **kw
 
 
 def observe_gathered_rows(plan, scheduler, *args, **kwargs):
-    """AFTER get_next_batch_to_run: the padding ratio of this pass's gathered MoE rows."""
+    """AFTER get_next_batch_to_run: the padding ratio of this pass's gathered MoE rows, and
+    whether a prefill pass ran as two micro-batches."""
     metrics = getattr(scheduler, "_atom_metrics", None)
     batch = plan.batch_to_run
     if metrics is None or batch is None:
@@ -103,6 +104,9 @@ def observe_gathered_rows(plan, scheduler, *args, **kwargs):
     tokens = getattr(batch, "global_num_tokens", None)
     if tokens:
         metrics.gathered_rows(padding_ratio(tokens))
+    # is_extend_in_batch is the gathered "some rank prefills" bit, set on idle ranks too
+    if scheduler.server_args.enable_two_batch_overlap and getattr(batch, "is_extend_in_batch", False):
+        metrics.tbo_prefill(getattr(batch, "tbo_split_seq_index", None) is not None)
     return None
 
 

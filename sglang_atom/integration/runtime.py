@@ -15,7 +15,7 @@ from functools import lru_cache
 from .. import platform
 from ..config import AtomConfig
 from ..validation import ServingSetup, admission_active, summary, tbo_active
-from . import admission, symbols
+from . import admission, symbols, tbo
 
 logger = logging.getLogger("sglang_atom")
 
@@ -50,6 +50,12 @@ def serving_setup(server_args, architecture: str | None) -> ServingSetup:
         two_batch_overlap=bool(server_args.enable_two_batch_overlap),
         disaggregation_mode=str(server_args.disaggregation_mode),
         pp_size=int(server_args.pp_size),
+        mixed_chunk=bool(server_args.enable_mixed_chunk),
+        speculative=server_args.speculative_algorithm is not None,
+        expert_balancing=bool(server_args.enable_eplb)
+        or server_args.expert_distribution_recorder_mode is not None,
+        ep_size=int(server_args.ep_size),
+        shared_expert_tp1=os.environ.get("SGLANG_SHARED_EXPERT_TP1", "").lower() in ("1", "true"),
     )
 
 
@@ -97,6 +103,10 @@ def runtime_hooks(launcher: bool):
     ]
     if launcher:
         hooks.append((symbols.DP_CONTROLLER_TARGET, DPControllerProcess, HookType.REPLACE))
+    else:
+        # Model-side hooks, in the processes that run the model. They change nothing unless
+        # --enable-two-batch-overlap is on (SGLang only reaches them through its TBO paths).
+        hooks += tbo.hooks(process_config().tbo_min_tokens)
     return hooks
 
 
@@ -112,7 +122,7 @@ def install(launcher: bool) -> None:
     hooks = runtime_hooks(launcher)
     targets = [target for target, _, _ in hooks]
     try:
-        symbols.require(targets + list(symbols.OTHER_SYMBOLS))
+        symbols.require(targets + list(symbols.OTHER_SYMBOLS) + ([] if launcher else list(tbo.READS)))
     except symbols.SGLangMismatch as exc:
         raise AtomStartupError(f"sglang-atom: {exc}") from exc
     for target, hook, kind in hooks:

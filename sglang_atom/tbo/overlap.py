@@ -20,7 +20,8 @@ forward, before the first layer); the token-even split and admission keep that p
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator, Protocol
+from contextlib import nullcontext
+from typing import Callable, ContextManager, Iterator, Protocol, Sequence
 
 import torch
 import torch.distributed as dist
@@ -102,15 +103,22 @@ def micro_batch_program(mb: int, num_layers: int, ops: LayerOps, comm: OverlapCo
         ops.combine(mb, layer, comm.wait_scatter(mb))
 
 
-def run_interleaved(programs: Iterable[Iterator[str]], trace: Callable[[str], None] | None = None) -> None:
-    """Run each program to its next yield in turn until all finish (single thread, one compute stream)."""
-    active = list(programs)
+def run_interleaved(
+    programs: Sequence[Iterator[str]],
+    trace: Callable[[str], None] | None = None,
+    contexts: Sequence[Callable[[], ContextManager]] | None = None,
+) -> None:
+    """Run each program to its next yield in turn until all finish (single thread, one compute stream).
+
+    `contexts[i]()` is entered around every step of program i: in SGLang each micro-batch's
+    attention must see its own child attention backend.
+    """
+    active = list(range(len(programs)))
     while active:
-        for program in list(active):
-            try:
-                label = next(program)
-            except StopIteration:
-                active.remove(program)
-                continue
-            if trace is not None:
+        for i in list(active):
+            with contexts[i]() if contexts is not None else nullcontext():
+                label = next(programs[i], None)
+            if label is None:
+                active.remove(i)
+            elif trace is not None:
                 trace(label)

@@ -59,6 +59,28 @@ def split_even(extend_lens: Sequence[int], prefix_lens: Sequence[int]) -> Split:
     return Split(tuple(first), tuple(second), cut)
 
 
+def seq_cut(extend_lens: Sequence[int]) -> tuple[int, bool]:
+    """Where `split_even` cuts, in SGLang's terms: (k, inside).
+
+    Sequences [0, k) lie wholly before the cut at total // 2. `inside` says the cut falls
+    strictly inside sequence k (then the first micro-batch is sequences [0, k] and the second
+    [k, n)); otherwise the cut is the boundary before sequence k.
+    """
+    cut = sum(extend_lens) // 2
+    start = 0
+    for k, n in enumerate(extend_lens):
+        if start + n > cut:
+            return k, start < cut
+        start += n
+    return len(extend_lens), False
+
+
+def micro_batch_rows(rank_tokens: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Rows of each micro-batch on every rank, from the gathered per-rank token counts."""
+    first = [n // 2 for n in rank_tokens]
+    return first, [n - f for n, f in zip(rank_tokens, first)]
+
+
 def agree_split(rank_tokens: Sequence[int], rank_is_prefill: Sequence[bool], min_tokens: int) -> bool:
     """Whether every rank splits this forward: the same answer on every rank from gathered numbers.
 

@@ -1,0 +1,184 @@
+"""Two-batch overlap on real servers: correctness (with vs without TBO) and prefill speed.
+
+    python3 benchmarks/tbo_serving.py check --out DIR --models models/qwen3-moe-check,models/deepseek-v3-tiny
+    python3 benchmarks/tbo_serving.py perf --out DIR --models models/qwen3-235b-width,models/deepseek-v3-width \
+        --tokens 4096,8192,16384
+
+Each model is served twice with `--backend atom --tp N --dp N --enable-dp-attention
+--atom-admission off`: once plain, once with `--enable-two-batch-overlap`. Admission is off so
+both servers see the same batches.
+
+check: random N(0, 0.02) weights (benchmarks/random_checkpoint.py; dummy weights would not
+    show a mix-up), decode CUDA graphs on, small chunked prefill. Wave 1 sends prompts of mixed
+    lengths to every rank, some longer than the per-rank chunk; wave 2 sends one long prompt to
+    the last rank only, so the others are idle. Greedy, 8 output tokens, prompt logprobs. Both
+    servers' answers are compared: output tokens equal, max |delta| of prompt logprobs. The TBO
+    server's split counter must show that prefill ran split.
+perf: dummy weights; per repeat, one fresh prompt of T tokens per rank, 1 output token, all
+    sent together; the time to the last answer is the prefill time. Speedup = off / on.
+
+Writes DIR/tbo_check.json or DIR/tbo_perf.json (command, machine, date, numbers) and logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime
+import json
+import os
+import random
+import re
+import statistics
+import sys
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import random_checkpoint  # noqa: E402
+from serve_smoke import BASE_FLAGS, machine  # noqa: E402
+from serving import Server, record_json  # noqa: E402
+
+SPLIT = re.compile(r'sglang:atom_tbo_prefill_passes_total\{split="(yes|no)"\} ([0-9.e+]+)')
+
+
+def generate(url: str, ids: list[int], rank: int, max_new: int, logprobs: bool) -> dict:
+    body = {"input_ids": ids, "data_parallel_rank": rank,
+            "sampling_params": {"temperature": 0.0, "max_new_tokens": max_new, "ignore_eos": True}}
+    if logprobs:
+        body.update(return_logprob=True, logprob_start_len=0)
+    req = urllib.request.Request(url + "/generate", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=600) as r:
+        return json.loads(r.read())
+
+
+def wave(url: str, prompts: list[tuple[int, list[int]]], max_new: int, logprobs: bool) -> list[dict]:
+    """Send (rank, ids) prompts at once; answers in prompt order."""
+    with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
+        futures = [pool.submit(generate, url, ids, rank, max_new, logprobs) for rank, ids in prompts]
+        return [f.result() for f in futures]
+
+
+def splits(server: Server) -> dict:
+    return {m.group(1): float(m.group(2)) for m in SPLIT.finditer(server.get("/metrics"))}
+
+
+def server_flags(model: str, dp: int, tbo: bool, extra: list[str]) -> list[str]:
+    flags = ["--model-path", model, "--tp", str(dp), "--dp", str(dp), "--enable-dp-attention",
+             "--backend", "atom", "--atom-admission", "off", "--enable-metrics", *extra]
+    if tbo:
+        flags += ["--enable-two-batch-overlap"]
+    return flags
+
+
+def check(args, out: dict) -> None:
+    rng = random.Random(0)
+    dp = args.dp
+    for model in args.models.split(","):
+        name = os.path.basename(model.rstrip("/"))
+        vocab = json.load(open(os.path.join(model, "config.json")))["vocab_size"]
+        ckpt = random_checkpoint.write(model, f"/tmp/ckpt/{name}")
+        chunk = 1024  # per rank; SGLang divides --chunked-prefill-size by dp
+        lens1 = [[300, 700, 1500], [2600], [90, 1100]][:dp] + [[400]] * max(0, dp - 3)
+        wave1 = [(r, [rng.randrange(3, vocab) for _ in range(n)]) for r in range(dp) for n in lens1[r]]
+        wave2 = [(dp - 1, [rng.randrange(3, vocab) for _ in range(3000)])]
+        answers = {}
+        for tbo in (False, True):
+            flags = server_flags(ckpt, dp, tbo, [
+                *[f for f in BASE_FLAGS if f not in ("--load-format", "dummy", "--disable-cuda-graph")],
+                "--cuda-graph-max-bs", "16", "--chunked-prefill-size", str(chunk * dp),
+                "--atom-tbo-min-tokens", "256"])
+            label = f"{name}-{'tbo' if tbo else 'plain'}"
+            print(f"== {label}: starting", flush=True)
+            with Server(flags, os.path.join(args.out, f"server_{label}.log")) as server:
+                startup = server.wait_ready(args.start_timeout)
+                before = splits(server)
+                answers[tbo] = wave(server.url, wave1, 8, True) + wave(server.url, wave2, 8, True)
+                after = splits(server)
+                print(f"   ready {startup:.0f} s; split passes {after}", flush=True)
+                out.setdefault("servers", {})[label] = {
+                    "startup_s": round(startup, 1),
+                    "prefill_passes": {k: after.get(k, 0) - before.get(k, 0) for k in ("yes", "no")}}
+        rows = []
+        for (rank, ids), a, b in zip(wave1 + wave2, answers[False], answers[True]):
+            lp_a = [x[0] for x in a["meta_info"]["input_token_logprobs"] if x[0] is not None]
+            lp_b = [x[0] for x in b["meta_info"]["input_token_logprobs"] if x[0] is not None]
+            diffs = [abs(x - y) for x, y in zip(lp_a, lp_b)]
+            rows.append({"rank": rank, "prompt_len": len(ids), "same_output_ids": a["output_ids"] == b["output_ids"],
+                         "output_ids": [a["output_ids"], b["output_ids"]],
+                         "logprob_max_abs_diff": round(max(diffs), 5),
+                         "logprob_mean_abs_diff": round(statistics.fmean(diffs), 6),
+                         "logprob_mean": round(statistics.fmean(lp_a), 4)})
+            print(f"   rank {rank} len {len(ids)}: same ids {rows[-1]['same_output_ids']}, "
+                  f"max |dlogprob| {rows[-1]['logprob_max_abs_diff']}", flush=True)
+        out.setdefault("models", {})[name] = rows
+        record_json(os.path.join(args.out, "tbo_check.json"), out)
+
+
+def perf(args, out: dict) -> None:
+    dp = args.dp
+    tokens = [int(t) for t in args.tokens.split(",")]
+    for model in args.models.split(","):
+        name = os.path.basename(model.rstrip("/"))
+        budget = max(tokens) * dp
+        for tbo in (False, True):
+            label = f"{name}-{'tbo' if tbo else 'plain'}"
+            flags = server_flags(model, dp, tbo, [*BASE_FLAGS, "--chunked-prefill-size", str(budget),
+                                                  "--max-prefill-tokens", str(budget)])
+            print(f"== {label}: starting", flush=True)
+            with Server(flags, os.path.join(args.out, f"server_{label}.log")) as server:
+                startup = server.wait_ready(args.start_timeout)
+                rng = random.Random(1)
+                rows = out.setdefault("runs", [])
+                before = splits(server)
+                for t in tokens:
+                    times = []
+                    for rep in range(args.repeats + 1):  # the first wave compiles kernels: excluded
+                        prompts = [(r, [rng.randrange(3, 30000) for _ in range(t)]) for r in range(dp)]
+                        t0 = time.perf_counter()
+                        wave(server.url, prompts, 1, False)
+                        if rep:
+                            times.append(time.perf_counter() - t0)
+                    med = statistics.median(times)
+                    rows.append({"model": name, "tbo": tbo, "tokens_per_rank": t, "times_s": times,
+                                 "median_s": round(med, 4), "prefill_tok_s": round(t * dp / med)})
+                    print(f"   {label} {t} tok/rank: {med * 1000:.1f} ms, {t * dp / med:.0f} tok/s", flush=True)
+                    record_json(os.path.join(args.out, "tbo_perf.json"), out)
+                after = splits(server)
+                out.setdefault("servers", {})[label] = {
+                    "startup_s": round(startup, 1),
+                    "prefill_passes": {k: after.get(k, 0) - before.get(k, 0) for k in ("yes", "no")}}
+    speedups = {}
+    for r in out.get("runs", []):
+        if r["tbo"]:
+            base = next((x for x in out["runs"] if x["model"] == r["model"] and not x["tbo"]
+                         and x["tokens_per_rank"] == r["tokens_per_rank"]), None)
+            if base:
+                speedups[f"{r['model']}@{r['tokens_per_rank']}"] = round(base["median_s"] / r["median_s"], 3)
+    out["speedup_off_over_on"] = speedups
+    print("speedups", speedups, flush=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("mode", choices=("check", "perf"))
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--models", required=True)
+    ap.add_argument("--dp", type=int, default=4)
+    ap.add_argument("--tokens", default="4096,8192,16384")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--start-timeout", type=float, default=400)
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    out = {"command": "python3 benchmarks/tbo_serving.py " + " ".join(sys.argv[1:]), "machine": machine(),
+           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    try:
+        (check if args.mode == "check" else perf)(args, out)
+    finally:
+        record_json(os.path.join(args.out, f"tbo_{args.mode}.json"), out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Two-batch overlap of MoE prefill over all_gather/reduce_scatter, hooked into SGLang 0.5.17.
+
+SGLang still builds the two child ForwardBatches and their attention metadata
+(`TboForwardBatchPreparer`); sglang-atom changes three things around it:
+
+- where it cuts: token-even (`tbo.split.seq_cut`), a sequence cut in the middle when needed;
+- when: every rank splits or none does, from the numbers SGLang's per-pass DP sync already
+  gathered (no extra collective), only for prefill (EXTEND) with enough tokens;
+- how the layers run: SGLang's own TBO layer programs assume an all-to-all dispatcher and crash
+  without one, so the MoE layers run through `tbo.overlap` (async all_gather/reduce_scatter of
+  each micro-batch's rows, interleaved with the other micro-batch's compute).
+
+Decode never splits, and decode CUDA graphs are captured without TBO (`--enable-two-batch-overlap`
+would otherwise capture TBO decode graphs, whose layer programs also assume all-to-all).
+See docs/tbo-integration-sglang-0.5.17.md for the SGLang code this relies on.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from ..tbo.overlap import OverlapComm, micro_batch_program, run_interleaved
+from ..tbo.split import agree_split, micro_batch_rows, seq_cut
+from . import moe_layers
+
+_TBO = "sglang.srt.batch_overlap.two_batch_overlap"
+TARGETS = (
+    f"{_TBO}._split_extend_seqs",
+    f"{_TBO}._is_two_chunk_split_enabled",
+    "sglang.srt.managers.scheduler_components.dp_attn.prepare_mlp_sync_batch_raw",
+    f"{_TBO}.model_forward_maybe_tbo",
+    f"{_TBO}.TboCudaGraphRunnerPlugin.capture_one_batch_size",
+    f"{_TBO}.TboCudaGraphRunnerPlugin.replay_prepare",
+    "sglang.srt.model_executor.runner.decode_cuda_graph_runner.DecodeCudaGraphRunner.capture",
+)
+READS = (
+    f"{_TBO}._model_forward_tbo_split_inputs",
+    f"{_TBO}._model_forward_tbo_merge_outputs",
+    "sglang.srt.batch_overlap.operations._resolve_tbo_child_contexts",
+    "sglang.srt.model_executor.forward_context.forward_context",
+    "sglang.srt.layers.dp_attention.get_attention_dp_rank",
+    "sglang.srt.distributed.parallel_state.get_tp_group",
+    *moe_layers.READS,
+)
+
+
+def split_extend_seqs(extend_lens) -> int:
+    """REPLACE of SGLang's split rule: the sequence index of the token-even cut."""
+    return seq_cut(extend_lens)[0]
+
+
+def is_two_chunk_split_enabled(extend_lens) -> bool:
+    """REPLACE: SGLang cuts a sequence in two exactly when the token-even cut falls inside one."""
+    return extend_lens is not None and seq_cut(extend_lens)[1]
+
+
+def make_agreement(min_tokens: int):
+    """AFTER hook of `prepare_mlp_sync_batch_raw`: keep SGLang's split only where all ranks agree.
+
+    SGLang has just gathered every rank's token count and forward mode, so the inputs here are
+    the same on every rank and so is the answer: split only prefill (global mode EXTEND, which
+    SGLang sets only when all busy ranks extend) where the largest rank has `min_tokens`.
+    """
+    from sglang.srt.model_executor.forward_batch_info import ForwardMode
+
+    def after_prepare_mlp_sync_batch_raw(result, *args, **kwargs):
+        batch = result
+        if batch is not None and batch.forward_mode.is_prebuilt():
+            batch = getattr(batch, "inner_idle_batch", None)
+        if batch is None or batch.tbo_split_seq_index is None:
+            return None
+        tokens = list(batch.global_num_tokens)
+        if not (batch.global_forward_mode == ForwardMode.EXTEND
+                and agree_split(tokens, [True] * len(tokens), min_tokens)):
+            batch.tbo_split_seq_index = None
+            batch.global_forward_mode = None
+        return None
+
+    return after_prepare_mlp_sync_batch_raw
+
+
+def no_tbo_capture(*args, **kwargs):
+    """REPLACE of TboCudaGraphRunnerPlugin.capture_one_batch_size / replay_prepare: decode
+    graphs are captured and replayed without micro-batches."""
+    return None
+
+
+def before_decode_graph_capture(runner, *args, **kwargs):
+    # Read again at replay (`can_run_graph` would otherwise demand a TBO split of every decode).
+    runner.enable_two_batch_overlap = False
+    return None
+
+
+@lru_cache(maxsize=4)
+def _comm(hidden: int, dtype, device) -> OverlapComm:
+    """One communicator and one set of persistent buffers per process (per hidden size/dtype)."""
+    from sglang.srt.distributed.parallel_state import get_tp_group
+
+    return OverlapComm(get_tp_group().device_group, hidden, dtype, device)
+
+
+def around_model_forward_maybe_tbo(original, layers, enable_tbo, positions, forward_batch,
+                                   hidden_states, input_data_scatter_mode, residual,
+                                   zero_allocator=None):
+    """Run SGLang's TBO layer range as two micro-batches over async all_gather/reduce_scatter."""
+    from sglang.srt.batch_overlap import two_batch_overlap as tbo
+    from sglang.srt.batch_overlap.operations import _resolve_tbo_child_contexts
+    from sglang.srt.layers.dp_attention import get_attention_dp_rank
+    from sglang.srt.model_executor.forward_context import forward_context
+
+    if not enable_tbo:
+        return original(layers, enable_tbo, positions, forward_batch, hidden_states,
+                        input_data_scatter_mode, residual, zero_allocator)
+    ops_cls = moe_layers.layer_ops_for(layers)  # a clear error on a layer range it cannot run
+    inputs = tbo._model_forward_tbo_split_inputs(
+        hidden_states=hidden_states, residual=residual, positions=positions,
+        forward_batch=forward_batch, zero_allocator=zero_allocator,
+        input_data_scatter_mode=input_data_scatter_mode,
+        layer_input_scatter_mode=layers[0].layer_scatter_modes.layer_input_mode,
+    )
+    # Micro-batch rows of every rank follow from the gathered token counts and the token-even
+    # rule, so no collective is needed to size the all_gathers.
+    rows = micro_batch_rows(forward_batch.global_num_tokens_cpu)
+    rank = get_attention_dp_rank()
+    for mb, inp in enumerate(inputs):
+        if inp["hidden_states"].shape[0] != rows[mb][rank]:
+            raise RuntimeError(
+                f"sglang-atom TBO: micro-batch {mb} has {inp['hidden_states'].shape[0]} rows on DP "
+                f"rank {rank} but the token-even rule gives {rows[mb][rank]}; SGLang's split rule "
+                f"hook is not in effect.")
+    comm = _comm(hidden_states.shape[1], hidden_states.dtype, hidden_states.device)
+    for mb in (0, 1):
+        comm.set_rows(mb, rows[mb])
+    ops = ops_cls(layers, inputs)
+    child_contexts = _resolve_tbo_child_contexts()
+    run_interleaved(
+        [micro_batch_program(mb, len(layers), ops, comm) for mb in (0, 1)],
+        contexts=[lambda c=c: forward_context(c) for c in child_contexts],
+    )
+    return tbo._model_forward_tbo_merge_outputs(*ops.outputs(), hidden_states.shape[0])
+
+
+def hooks(min_tokens: int):
+    from sglang.srt.plugins.hook_registry import HookType
+
+    return [
+        (TARGETS[0], split_extend_seqs, HookType.REPLACE),
+        (TARGETS[1], is_two_chunk_split_enabled, HookType.REPLACE),
+        (TARGETS[2], make_agreement(min_tokens), HookType.AFTER),
+        (TARGETS[3], around_model_forward_maybe_tbo, HookType.AROUND),
+        (TARGETS[4], no_tbo_capture, HookType.REPLACE),
+        (TARGETS[5], no_tbo_capture, HookType.REPLACE),
+        (TARGETS[6], before_decode_graph_capture, HookType.BEFORE),
+    ]
