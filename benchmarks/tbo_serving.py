@@ -88,6 +88,9 @@ def check(args, out: dict) -> None:
             flags = server_flags(ckpt, dp, tbo, [
                 *[f for f in BASE_FLAGS if f not in ("--load-format", "dummy", "--disable-cuda-graph")],
                 "--cuda-graph-max-bs", "16", "--chunked-prefill-size", str(chunk * dp),
+                # a tiny model leaves a huge KV pool; SGLang's decode buffers scale with the
+                # request slots it implies and ran out of memory for DeepSeek-V3-tiny
+                "--max-running-requests", "64", "--mem-fraction-static", "0.7",
                 "--atom-tbo-min-tokens", "256"])
             label = f"{name}-{'tbo' if tbo else 'plain'}"
             print(f"== {label}: starting", flush=True)
@@ -134,11 +137,13 @@ def perf(args, out: dict) -> None:
                 before = splits(server)
                 for t in tokens:
                     times = []
-                    for rep in range(args.repeats + 1):  # the first wave compiles kernels: excluded
+                    # Warm-up waves are excluded: the first compiles kernels, and arrival jitter can
+                    # give a wave a batch shape (one rank alone) that compiles another.
+                    for rep in range(args.warmup + args.repeats):
                         prompts = [(r, [rng.randrange(3, 30000) for _ in range(t)]) for r in range(dp)]
                         t0 = time.perf_counter()
                         wave(server.url, prompts, 1, False)
-                        if rep:
+                        if rep >= args.warmup:
                             times.append(time.perf_counter() - t0)
                     med = statistics.median(times)
                     rows.append({"model": name, "tbo": tbo, "tokens_per_rank": t, "times_s": times,
@@ -167,7 +172,8 @@ def main() -> int:
     ap.add_argument("--models", required=True)
     ap.add_argument("--dp", type=int, default=4)
     ap.add_argument("--tokens", default="4096,8192,16384")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--start-timeout", type=float, default=400)
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)

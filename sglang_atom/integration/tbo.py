@@ -133,6 +133,9 @@ def around_model_forward_maybe_tbo(original, layers, enable_tbo, positions, forw
         comm.set_rows(mb, rows[mb])
     ops = ops_cls(layers, inputs)
     child_contexts = _resolve_tbo_child_contexts()
+    if child_contexts[0] is None:  # each micro-batch's attention needs its own child backend
+        raise RuntimeError("sglang-atom TBO: the active attention backend is not SGLang's "
+                           "TboAttnBackend; this attention backend cannot run two-batch overlap.")
     run_interleaved(
         [micro_batch_program(mb, len(layers), ops, comm) for mb in (0, 1)],
         contexts=[lambda c=c: forward_context(c) for c in child_contexts],
