@@ -28,6 +28,16 @@ from serving import WORKLOADS, Server, load, record_json, summarize, wait_http  
 NEW_SEQ = re.compile(r"DP(\d+) TP\d+\] Prefill batch, #new-seq: (\d+)")
 
 
+# SGLang 0.5.17 gives a server on HTTP port P its dist-init port P+233 and ZMQ ports from P+234
+# up (PortArgs.init_new), so servers on one machine on adjacent ports collide (seen on 4xH200,
+# benchmarks/results/2026-11-22-router-4xh200/). Space them by a round 100.
+SERVER_PORT_STRIDE = 100
+
+
+def server_port(router_port: int, i: int) -> int:
+    return router_port + SERVER_PORT_STRIDE * (i + 1)
+
+
 def admitted_per_rank(log_path: str) -> dict[int, int]:
     counts = collections.Counter()
     with open(log_path) as f:
@@ -59,7 +69,7 @@ def main() -> int:
         server_args = ["--model-path", args.model, "--tp", str(args.tp), "--dp", str(args.dp),
                        "--enable-dp-attention", "--backend", "atom", *BASE_FLAGS]
         servers.append(Server(server_args, os.path.join(args.out, f"server{i}.log"),
-                              port=args.port + 1 + i, env={"CUDA_VISIBLE_DEVICES": gpus}))
+                              port=server_port(args.port, i), env={"CUDA_VISIBLE_DEVICES": gpus}))
     router_log = open(os.path.join(args.out, "router.log"), "w")
     router = None
     try:

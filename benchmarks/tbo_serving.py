@@ -1,6 +1,6 @@
 """Two-batch overlap on real servers: correctness (with vs without TBO) and prefill speed.
 
-    python3 benchmarks/tbo_serving.py check --out DIR --models models/qwen3-moe-check,models/deepseek-v3-tiny
+    python3 benchmarks/tbo_serving.py check --out DIR --models models/qwen3-moe-check,models/deepseek-v3-check
     python3 benchmarks/tbo_serving.py perf --out DIR --models models/qwen3-235b-width,models/deepseek-v3-width \
         --tokens 4096,8192,16384
 

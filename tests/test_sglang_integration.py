@@ -82,7 +82,8 @@ def test_backend_sglang_leaves_sglang_untouched():
     assert "sglang-atom active" not in proc.stderr
 
 
-@pytest.mark.parametrize("model", ["deepseek-v3-tiny", "deepseek-v3-width", "qwen3-235b-width"])
+@pytest.mark.parametrize("model", ["deepseek-v3-tiny", "deepseek-v3-width", "qwen3-235b-width",
+                                   "qwen3-moe-check", "deepseek-v3-check"])
 def test_every_shipped_model_parses_with_atom(model):
     argv = ["--model-path", str(ROOT / "models" / model), *CPU_ARGS, "--tp", "4", "--dp", "4",
             "--enable-dp-attention", "--backend", "atom"]
