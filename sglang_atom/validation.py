@@ -118,7 +118,9 @@ def summary(cfg: AtomConfig, setup: ServingSetup, plan: PlatformPlan) -> str:
     else:
         admission = "admission=off (PD-disaggregated server: no prefill and decode to align)"
     if tbo_active(cfg, setup):
-        tbo = "tbo=prefill over all_gather/reduce_scatter"
+        # say it where operators look: the first measurements have it slower than without
+        tbo = ("tbo=prefill over all_gather/reduce_scatter (experimental: slower than without it "
+               "in the 2xH200 measurements, see README)")
     elif not setup.two_batch_overlap:
         tbo = "tbo=off (--enable-two-batch-overlap not given)"
     else:

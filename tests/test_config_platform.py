@@ -133,3 +133,13 @@ def test_two_batch_overlap_refusals(case):
         check(AtomConfig(backend="atom"), replace(ok, **change))
     # the same setup without two-batch overlap is fine (these only matter to TBO)
     check(AtomConfig(backend="atom"), replace(ok, two_batch_overlap=False, **change))
+
+
+def test_summary_marks_two_batch_overlap_experimental():
+    from sglang_atom.validation import ServingSetup, summary
+
+    on = ServingSetup("Qwen3MoeForCausalLM", dp_attention=True, dp_size=4, tp_size=4,
+                      moe_a2a_backend="none", prefill_delayer=False, two_batch_overlap=True,
+                      disaggregation_mode="null")
+    assert "tbo=prefill over all_gather/reduce_scatter (experimental: slower than without it" in summary(
+        AtomConfig(backend="atom"), on, plan("cuda"))
