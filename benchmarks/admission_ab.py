@@ -20,16 +20,15 @@ so the run ends inside the device's limit.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import re
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_smoke import BASE_FLAGS, machine  # noqa: E402
+from serve_smoke import BASE_FLAGS  # noqa: E402
 import report  # noqa: E402
-from serving import WORKLOADS, Server, Workload, load, record_json, scrape, summarize  # noqa: E402
+from serving import WORKLOADS, Server, Workload, load, provenance, record_json, scrape, summarize  # noqa: E402
 
 CONFIGS = {
     "plain": [],
@@ -116,10 +115,7 @@ def main() -> int:
     args = parse_args()
     os.makedirs(args.out, exist_ok=True)
     t0 = time.time()
-    result = {"command": "python3 benchmarks/admission_ab.py " + " ".join(sys.argv[1:]),
-              "machine": machine(),
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "runs": [], "skipped": []}
+    result = {**provenance(), "runs": [], "skipped": []}
     base = ["--model-path", args.model, "--tp", str(args.tp), "--dp", str(args.dp),
             "--enable-dp-attention", "--enable-metrics",
             *[f for f in BASE_FLAGS if not (args.cuda_graph and f == "--disable-cuda-graph")],

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import datetime
 import json
 import os
 import re
@@ -22,8 +21,8 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_smoke import BASE_FLAGS, machine  # noqa: E402
-from serving import WORKLOADS, Server, load, record_json, summarize, wait_http  # noqa: E402
+from serve_smoke import BASE_FLAGS  # noqa: E402
+from serving import WORKLOADS, Server, load, provenance, record_json, summarize, wait_http  # noqa: E402
 
 NEW_SEQ = re.compile(r"DP(\d+) TP\d+\] Prefill batch, #new-seq: (\d+)")
 
@@ -60,9 +59,7 @@ def main() -> int:
     ap.add_argument("--port", type=int, default=30000)
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    result = {"command": "python3 benchmarks/router_cluster.py " + " ".join(sys.argv[1:]),
-              "machine": machine(),
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    result = provenance()
     servers = []
     for i in range(args.servers):
         gpus = ",".join(str(g) for g in range(i * args.tp, (i + 1) * args.tp))

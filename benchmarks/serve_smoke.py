@@ -10,24 +10,15 @@ Exit status 0 only when every request was answered and the log line is present.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serving import WORKLOADS, Server, load, record_json, scrape, summarize  # noqa: E402
+from serving import WORKLOADS, Server, load, provenance, record_json, scrape, summarize  # noqa: E402
 
 # Flags seen working on the project's GPU machines with dummy weights (shared/device/README.md).
 BASE_FLAGS = ["--load-format", "dummy", "--skip-tokenizer-init", "--attention-backend", "triton",
               "--sampling-backend", "pytorch", "--grammar-backend", "none", "--disable-cuda-graph"]
-
-
-def machine() -> str:
-    try:
-        return subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return "unknown"
 
 
 def main() -> int:
@@ -42,9 +33,7 @@ def main() -> int:
     server_args = ["--model-path", args.model, "--tp", str(args.tp), "--dp", str(args.dp),
                    "--enable-dp-attention", "--backend", "atom", "--enable-metrics", *BASE_FLAGS]
     log_path = os.path.join(args.out, "smoke_server.log")
-    result = {"command": "python3 benchmarks/serve_smoke.py " + " ".join(sys.argv[1:]),
-              "server_args": server_args, "machine": machine(),
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    result = {**provenance(), "server_args": server_args}
     work = WORKLOADS["short"]
     with Server(server_args, log_path) as server:
         result["startup_s"] = round(server.wait_ready(), 1)

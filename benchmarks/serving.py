@@ -10,6 +10,7 @@ Workloads follow InferenceX's "random" dataset: input and output lengths uniform
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import os
 import random
@@ -235,6 +236,20 @@ def scrape(metrics_text: str, prefix: str = "sglang:atom_") -> dict:
             except ValueError:
                 continue
     return out
+
+
+def machine() -> str:
+    try:
+        return subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.strip() or "cpu"
+    except OSError:
+        return "cpu"
+
+
+def provenance() -> dict:
+    """What every result file carries: the command that wrote it, the machine and the date."""
+    return {"command": "python3 " + " ".join(sys.argv),
+            "machine": machine(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
 def record_json(path: str, data: dict) -> None:

@@ -21,11 +21,9 @@ Writes DIR/tbo_layer.json (command, machine, date, rows).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +33,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from serving import provenance, record_json  # noqa: E402
 from sglang_atom.tbo.overlap import OverlapComm, micro_batch_program, run_interleaved  # noqa: E402
 
 SHAPES = {
@@ -189,15 +189,7 @@ def main() -> int:
         p.join(timeout=60)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        try:
-            gpu = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.strip()
-        except OSError:
-            gpu = "cpu"
-        with open(os.path.join(args.out, "tbo_layer.json"), "w") as f:
-            json.dump({"command": "python3 benchmarks/tbo_layer_bench.py " + " ".join(sys.argv[1:]),
-                       "machine": gpu or "cpu",
-                       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                       "rows": rows}, f, indent=1)
+        record_json(os.path.join(args.out, "tbo_layer.json"), {**provenance(), "rows": rows})
     print(f"{'shape':20} {'T/rank':>7} {'compute':>8} {'comm':>7} {'serial':>7} {'overlap':>8} {'speedup':>7} {'eff':>5}")
     for r in rows:
         print(f"{r['shape']:20} {r['tokens_per_rank']:>7} {r['compute_ms']:>8} {r['comm_ms']:>7} "

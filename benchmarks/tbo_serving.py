@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import datetime
 import json
 import os
 import random
@@ -39,8 +38,8 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import random_checkpoint  # noqa: E402
-from serve_smoke import BASE_FLAGS, machine  # noqa: E402
-from serving import Server, record_json  # noqa: E402
+from serve_smoke import BASE_FLAGS  # noqa: E402
+from serving import Server, provenance, record_json  # noqa: E402
 
 SPLIT = re.compile(r'sglang:atom_tbo_prefill_passes_total\{split="(yes|no)"\} ([0-9.e+]+)')
 
@@ -191,8 +190,7 @@ def main() -> int:
     ap.add_argument("--start-timeout", type=float, default=400)
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    out = {"command": "python3 benchmarks/tbo_serving.py " + " ".join(sys.argv[1:]), "machine": machine(),
-           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    out = provenance()
     try:
         (check if args.mode == "check" else perf)(args, out)
     finally:

@@ -9,7 +9,7 @@ from pathlib import Path
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from serving import WORKLOADS, Workload, load, scrape, summarize  # noqa: E402
+from serving import WORKLOADS, Workload, load, provenance, scrape, summarize  # noqa: E402
 
 
 async def generate(request):
@@ -77,3 +77,11 @@ def test_steady_rate_counts_requests_sent_between_first_wave_and_last_send():
     # concurrency 2: window t=2..4 holds the sends at 2, 3 and 4
     assert steady_input_rate(recs, 2) == (200 * 3) / 2.0
     assert steady_input_rate(recs[:2], 2) == 0.0
+
+
+def test_every_result_file_names_command_machine_and_date(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["benchmarks/tbo_serving.py", "perf", "--dp", "4"])
+    p = provenance()
+    assert p["command"] == "python3 benchmarks/tbo_serving.py perf --dp 4"
+    assert p["machine"]  # nvidia-smi -L on a GPU machine, "cpu" elsewhere
+    assert p["date"].startswith("20") and p["date"].endswith("+00:00")
