@@ -66,7 +66,10 @@ class AdmissionController:
 
     def gather(self, local: RankState) -> list[RankState]:
         row = torch.tensor(local.to_row(), dtype=torch.int64)
+        started = time.perf_counter()
         torch.distributed.all_gather_into_tensor(self.buffer.view(-1), row, group=self.group)
+        if self.metrics is not None:
+            self.metrics.exchange(time.perf_counter() - started)
         # Ranks of one attention-TP group share one request queue: read its first rank.
         return [RankState.from_row(r) for r in self.buffer[:, 0, :].tolist()]
 

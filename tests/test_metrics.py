@@ -1,0 +1,37 @@
+"""sglang-atom's Prometheus series as prometheus_client (SGLang's metrics library) exports them."""
+
+import pytest
+from prometheus_client import generate_latest
+
+from sglang_atom.admission.policy import Decision
+from sglang_atom.metrics import AtomMetrics
+
+
+@pytest.fixture(scope="module")
+def exported():
+    m = AtomMetrics.create()  # registers in the process-wide registry, once per test session
+    m.decision(Decision(fire=False, reason="align"))
+    m.decision(Decision(fire=True, reason="fill"))
+    m.hold_ended(passes=3, seconds=0.02)
+    m.gathered_rows(0.25)
+    m.exchange(0.0003)
+    m.tbo_prefill(True)
+    m.tbo_prefill(False)
+    m.tbo_prefill(True)
+    return generate_latest().decode()
+
+
+@pytest.mark.parametrize("line", [
+    'sglang:atom_admission_decisions_total{decision="hold",reason="align"} 1.0',
+    'sglang:atom_admission_decisions_total{decision="fire",reason="fill"} 1.0',
+    "sglang:atom_admission_held_passes_sum 3.0",
+    'sglang:atom_admission_held_seconds_bucket{le="0.025"} 1.0',
+    'sglang:atom_gathered_rows_padding_ratio_bucket{le="0.2"} 0.0',
+    'sglang:atom_gathered_rows_padding_ratio_bucket{le="0.3"} 1.0',
+    'sglang:atom_admission_exchange_seconds_bucket{le="0.0002"} 0.0',
+    'sglang:atom_admission_exchange_seconds_bucket{le="0.0005"} 1.0',
+    'sglang:atom_tbo_prefill_passes_total{split="yes"} 2.0',
+    'sglang:atom_tbo_prefill_passes_total{split="no"} 1.0',
+])
+def test_series_are_exported(exported, line):
+    assert line in exported
