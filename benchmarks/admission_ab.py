@@ -61,7 +61,7 @@ def histogram_mean(before: dict, after: dict, name: str) -> float | None:
     def total(d, suffix):
         return sum(v for k, v in d.items() if k.startswith(name + suffix))
     n = total(after, "_count") - total(before, "_count")
-    return round((total(after, "_sum") - total(before, "_sum")) / n, 4) if n > 0 else None
+    return round((total(after, "_sum") - total(before, "_sum")) / n, 6) if n > 0 else None
 
 
 def counter_delta(before: dict, after: dict, name: str) -> dict:
