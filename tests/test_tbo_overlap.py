@@ -52,3 +52,33 @@ def test_stage_and_collective_order_is_the_same_on_every_rank_and_overlaps():
             waited = forward.index(f"{mb}:{kind}<", i)
             between = [x for x in forward[i + 1:waited] if x.endswith(("attn", "experts"))]
             assert between and all(not x.startswith(mb + ":") for x in between), (i, e, between)
+
+
+def test_each_step_runs_inside_its_own_micro_batch_context():
+    """In SGLang every step of micro-batch i must see child attention backend i."""
+    from contextlib import contextmanager
+
+    from sglang_atom.tbo.overlap import run_interleaved
+
+    active, seen = [], []
+
+    def context(mb):
+        @contextmanager
+        def enter():
+            active.append(mb)
+            try:
+                yield
+            finally:
+                active.pop()
+        return enter
+
+    def program(mb, steps):
+        for step in range(steps):
+            seen.append((mb, list(active)))
+            yield f"{mb}.{step}"
+
+    labels = []
+    run_interleaved([program(0, 3), program(1, 2)], labels.append, contexts=[context(0), context(1)])
+    assert labels == ["0.0", "1.0", "0.1", "1.1", "0.2"]
+    assert all(stack == [mb] for mb, stack in seen)  # exactly its own context, nothing nested
+    assert active == []
