@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import json
 import os
 import random
@@ -74,6 +75,22 @@ def server_flags(model: str, dp: int, tbo: bool, extra: list[str]) -> list[str]:
     return flags
 
 
+@contextlib.contextmanager
+def serving(args, out: dict, model_name: str, tbo: bool, flags: list[str]):
+    """One server of the with/without pair; records its start-up time and split prefill passes."""
+    label = f"{model_name}-{'tbo' if tbo else 'plain'}"
+    print(f"== {label}: starting", flush=True)
+    with Server(flags, os.path.join(args.out, f"server_{label}.log")) as server:
+        startup = server.wait_ready(args.start_timeout)
+        before = splits(server)
+        yield server, label
+        after = splits(server)
+        print(f"   {label}: ready {startup:.0f} s; split passes {after}", flush=True)
+        out.setdefault("servers", {})[label] = {
+            "startup_s": round(startup, 1),
+            "prefill_passes": {k: after.get(k, 0) - before.get(k, 0) for k in ("yes", "no")}}
+
+
 def check(args, out: dict) -> None:
     rng = random.Random(0)
     dp = args.dp
@@ -94,19 +111,10 @@ def check(args, out: dict) -> None:
                 # request slots it implies and ran out of memory for DeepSeek-V3-tiny
                 "--max-running-requests", "64", "--mem-fraction-static", "0.7",
                 "--atom-tbo-min-tokens", "256"])
-            label = f"{name}-{'tbo' if tbo else 'plain'}"
-            print(f"== {label}: starting", flush=True)
-            with Server(flags, os.path.join(args.out, f"server_{label}.log")) as server:
-                startup = server.wait_ready(args.start_timeout)
-                before = splits(server)
+            with serving(args, out, name, tbo, flags) as (server, _):
                 answers[tbo] = wave(server.url, wave1, 8, True) + wave(server.url, wave2, 8, True)
                 if not tbo:
                     answers["serial"] = [wave(server.url, [p], 8, True)[0] for p in wave1 + wave2]
-                after = splits(server)
-                print(f"   ready {startup:.0f} s; split passes {after}", flush=True)
-                out.setdefault("servers", {})[label] = {
-                    "startup_s": round(startup, 1),
-                    "prefill_passes": {k: after.get(k, 0) - before.get(k, 0) for k in ("yes", "no")}}
         rows = []
         for i, (rank, ids) in enumerate(wave1 + wave2):
             ref = answers[False][i]
@@ -139,15 +147,11 @@ def perf(args, out: dict) -> None:
         name = os.path.basename(model.rstrip("/"))
         budget = max(tokens) * dp
         for tbo in (False, True):
-            label = f"{name}-{'tbo' if tbo else 'plain'}"
             flags = server_flags(model, dp, tbo, [*BASE_FLAGS, "--chunked-prefill-size", str(budget),
                                                   "--max-prefill-tokens", str(budget)])
-            print(f"== {label}: starting", flush=True)
-            with Server(flags, os.path.join(args.out, f"server_{label}.log")) as server:
-                startup = server.wait_ready(args.start_timeout)
+            with serving(args, out, name, tbo, flags) as (server, label):
                 rng = random.Random(1)
                 rows = out.setdefault("runs", [])
-                before = splits(server)
                 for t in tokens:
                     times = []
                     # Warm-up waves are excluded: the first compiles kernels, and arrival jitter can
@@ -163,10 +167,6 @@ def perf(args, out: dict) -> None:
                                  "median_s": round(med, 4), "prefill_tok_s": round(t * dp / med)})
                     print(f"   {label} {t} tok/rank: {med * 1000:.1f} ms, {t * dp / med:.0f} tok/s", flush=True)
                     record_json(os.path.join(args.out, "tbo_perf.json"), out)
-                after = splits(server)
-                out.setdefault("servers", {})[label] = {
-                    "startup_s": round(startup, 1),
-                    "prefill_passes": {k: after.get(k, 0) - before.get(k, 0) for k in ("yes", "no")}}
     speedups = {}
     for r in out.get("runs", []):
         if r["tbo"]:
