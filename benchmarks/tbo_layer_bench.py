@@ -1,6 +1,6 @@
 """MoE-layer microbenchmark of two-batch overlap over all_gather/reduce_scatter.
 
-    python3 benchmarks/tbo_layer_bench.py --gpus 4 --out DIR            # NCCL, one process per GPU
+    python3 benchmarks/tbo_layer_bench.py --gpus 4 --out DIR            # one process per GPU
     python3 benchmarks/tbo_layer_bench.py --gpus 2 --device cpu --quick  # gloo, to check it runs
 
 Per rank, T tokens per forward go through L layers of: attention stand-in on local rows (QKV and
@@ -15,6 +15,12 @@ It times, with CUDA events on rank 0 (median of --iters):
 
 and reports speedup = serial / overlapped and overlap efficiency = (compute + comm -
 overlapped) / min(compute, comm), the share of the shorter side that was hidden.
+
+--comm picks the transports to compare: `nccl` (c10d async collectives, `tbo.overlap.OverlapComm`)
+and `copy-engine` (symmetric memory and copy engines, `tbo.copy_engine.CopyEngineComm`). Before
+timing, each transport's overlapped output is checked against the serial whole-batch output on
+uneven rows per rank (every rank's data differs, so a mix-up of ranks or micro-batches shows);
+a mismatch stops the run.
 Writes DIR/tbo_layer.json (command, machine, date, rows).
 """
 
@@ -47,7 +53,7 @@ SHAPES = {
 class StandInOps:
     """Compute of one layer with the FLOPs of the real model's attention projections and experts."""
 
-    def __init__(self, shape, world, tokens, device, dtype):
+    def __init__(self, shape, world, rank, tokens, device, dtype):
         h, i, k = shape["hidden"], shape["inter"], shape["top_k"]
         inner = max(1, k * i // world)  # each rank holds 1/world of every expert's intermediate dim
         g = torch.Generator(device="cpu").manual_seed(0)
@@ -56,6 +62,7 @@ class StandInOps:
         self.w_o = rnd(shape["q_dim"], h)
         self.w_up = rnd(h, 2 * inner)
         self.w_down = rnd(inner, h)
+        g.manual_seed(1000 + rank)  # rows differ per rank
         self.x = {mb: rnd(t, h) for mb, t in enumerate(tokens)}
         self.q_dim = shape["q_dim"]
 
@@ -93,6 +100,112 @@ def timed(fn, device, iters):
     return statistics.median(times)
 
 
+def make_comm(kind, group, hidden, device, dtype):
+    if kind == "copy-engine":
+        from sglang_atom.tbo.copy_engine import CopyEngineComm
+
+        return CopyEngineComm(group, hidden, dtype, device)
+    return OverlapComm(group, hidden, dtype, device)
+
+
+def check(comm_kind, group, shape, world, rank, device, dtype, layers):
+    """Overlapped two micro-batches must give the serial whole batch's output, on rows that
+    differ in number and content per rank (pad rows included)."""
+    tokens = [96 - 13 * r for r in range(world)]
+    halves = [[t // 2 for t in tokens], [t - t // 2 for t in tokens]]
+    split = StandInOps(shape, world, rank, [halves[0][rank], halves[1][rank]], device, dtype)
+    whole = StandInOps(shape, world, rank, [tokens[rank]], device, dtype)
+    whole.x[0] = torch.cat([split.x[0], split.x[1]]).clone()
+    comm, whole_comm = (make_comm(comm_kind, group, shape["hidden"], device, dtype) for _ in range(2))
+    for mb in (0, 1):
+        comm.set_rows(mb, halves[mb])
+    whole_comm.set_rows(0, tokens)
+    run_interleaved([micro_batch_program(mb, layers, split, comm) for mb in (0, 1)])
+    run_interleaved([micro_batch_program(0, layers, whole, whole_comm)])
+    got, want = torch.cat([split.x[0], split.x[1]]).float(), whole.x[0].float()
+    err = ((got - want).abs().max() / want.abs().max()).item()
+    if not err < 2e-2:
+        raise RuntimeError(f"{comm_kind} on rank {rank}: overlapped output differs from serial "
+                           f"(max relative error {err:.3g})")
+    if rank == 0:
+        print(f"check {comm_kind} {shape['hidden']}: max relative error {err:.2g}", flush=True)
+
+
+def measure(comm_kind, group, shape, world, rank, tokens, layers, device, dtype, args):
+    halves = [tokens // 2, tokens - tokens // 2]
+    ops = StandInOps(shape, world, rank, halves, device, dtype)
+    whole = StandInOps(shape, world, rank, [tokens], device, dtype)
+    comm = make_comm(comm_kind, group, shape["hidden"], device, dtype)
+    for mb, t in enumerate(halves):
+        comm.set_rows(mb, [t] * world)
+    whole_comm = make_comm(comm_kind, group, shape["hidden"], device, dtype)
+    whole_comm.set_rows(0, [tokens] * world)
+    # random, not zeros: GEMMs on zeros can run faster than on real data
+    gathered = {mb: torch.randn(t * world, shape["hidden"], device=device, dtype=dtype)
+                for mb, t in enumerate(halves)}
+
+    def compute_only():
+        for layer in range(layers):
+            for mb in (0, 1):
+                ops.attention(mb, layer)
+                ops.experts(mb, layer, gathered[mb])
+
+    def comm_only():
+        for _ in range(layers):
+            for mb in (0, 1):
+                comm.issue_gather(mb, ops.x[mb])
+                comm.wait_gather(mb)
+                comm.issue_scatter(mb, gathered[mb])
+                comm.wait_scatter(mb)
+
+    def serial():
+        run_interleaved([micro_batch_program(0, layers, whole, whole_comm)])
+
+    def overlapped():
+        run_interleaved([micro_batch_program(mb, layers, ops, comm) for mb in (0, 1)])
+
+    t = {k: timed(f, device, args.iters) for k, f in
+         (("compute", compute_only), ("comm", comm_only), ("serial", serial), ("overlapped", overlapped))}
+    if args.profile and device.type == "cuda":
+        for label, fn in (("overlapped", overlapped), ("serial", serial)):
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                    torch.profiler.ProfilerActivity.CUDA]) as prof:
+                fn()
+                torch.cuda.synchronize()
+            if rank == 0:
+                prof.export_chrome_trace(os.path.join(
+                    args.profile, f"trace_{comm_kind}_{shape['name']}_{tokens}_{label}.json"))
+    return {"comm": comm_kind, "shape": shape["name"], "tokens_per_rank": tokens, "layers": layers,
+            "world": world, "comm_priority": args.comm_priority, **derived(t)}
+
+
+def derived(t: dict) -> dict:
+    """Times in ms of compute, comm, serial, overlapped -> the row's numbers."""
+    hidden = t["compute"] + t["comm"] - t["overlapped"]
+    return {**{f"{k}_ms": round(v, 3) for k, v in t.items()},
+            "comm_share": round(t["comm"] / (t["comm"] + t["compute"]), 3),
+            "speedup": round(t["serial"] / t["overlapped"], 3),
+            "overlap_efficiency": round(hidden / min(t["compute"], t["comm"]), 3)}
+
+
+def marginal(rows: list[dict]) -> list[dict]:
+    """Per added layer, from the fewest and the most layers of each cell: the steady state, without
+    the first all_gather and the last reduce_scatter, which no compute can hide."""
+    out = []
+    cells = {(r["comm"], r["shape"], r["tokens_per_rank"]) for r in rows}
+    for cell in sorted(cells):
+        runs = sorted((r for r in rows if (r["comm"], r["shape"], r["tokens_per_rank"]) == cell),
+                      key=lambda r: r["layers"])
+        lo, hi = runs[0], runs[-1]
+        if hi["layers"] == lo["layers"]:
+            continue
+        n = hi["layers"] - lo["layers"]
+        t = {k: (hi[f"{k}_ms"] - lo[f"{k}_ms"]) / n for k in ("compute", "comm", "serial", "overlapped")}
+        out.append({"comm": cell[0], "shape": cell[1], "tokens_per_rank": cell[2],
+                    "layers": f"per layer, {lo['layers']}->{hi['layers']}", **derived(t)})
+    return out
+
+
 def worker(rank, world, args, init_file, queue):
     cuda = args.device == "cuda"
     if cuda:
@@ -108,54 +221,16 @@ def worker(rank, world, args, init_file, queue):
         opts = dist.ProcessGroupNCCL.Options(is_high_priority_stream=True)
         group = dist.new_group(list(range(world)), backend="nccl", pg_options=opts)
     rows = []
-    for name in args.shapes.split(","):
-        shape = SHAPES[name]
-        for tokens in [int(t) for t in args.tokens.split(",")]:
-            halves = [tokens // 2, tokens - tokens // 2]
-            ops = StandInOps(shape, world, halves, device, dtype)
-            whole = StandInOps(shape, world, [tokens], device, dtype)
-            comm = OverlapComm(group, shape["hidden"], dtype, device)
-            for mb, t in enumerate(halves):
-                comm.set_rows(mb, [t] * world)
-            whole_comm = OverlapComm(group, shape["hidden"], dtype, device)
-            whole_comm.set_rows(0, [tokens] * world)
-            # random, not zeros: GEMMs on zeros can run faster than on real data
-            gathered = {mb: torch.randn(t * world, shape["hidden"], device=device, dtype=dtype)
-                        for mb, t in enumerate(halves)}
-
-            def compute_only():
-                for layer in range(args.layers):
-                    for mb in (0, 1):
-                        ops.attention(mb, layer)
-                        ops.experts(mb, layer, gathered[mb])
-
-            def comm_only():
-                for _ in range(args.layers):
-                    for mb in (0, 1):
-                        comm.issue_gather(mb, ops.x[mb])
-                        comm.wait_gather(mb)
-                        comm.issue_scatter(mb, gathered[mb])
-                        comm.wait_scatter(mb)
-
-            def serial():
-                run_interleaved([micro_batch_program(0, args.layers, whole, whole_comm)])
-
-            def overlapped():
-                run_interleaved([micro_batch_program(mb, args.layers, ops, comm) for mb in (0, 1)])
-
-            t = {k: timed(f, device, args.iters) for k, f in
-                 (("compute", compute_only), ("comm", comm_only), ("serial", serial), ("overlapped", overlapped))}
-            hidden = t["compute"] + t["comm"] - t["overlapped"]
-            rows.append({
-                "shape": name, "tokens_per_rank": tokens, "layers": args.layers, "world": world,
-                "comm_priority": args.comm_priority,
-                **{f"{k}_ms": round(v, 3) for k, v in t.items()},
-                "comm_share": round(t["comm"] / (t["comm"] + t["compute"]), 3),
-                "speedup": round(t["serial"] / t["overlapped"], 3),
-                "overlap_efficiency": round(hidden / min(t["compute"], t["comm"]), 3),
-            })
-            if rank == 0:
-                print(json.dumps(rows[-1]), flush=True)
+    for comm_kind in args.comm.split(","):
+        for name in args.shapes.split(","):
+            shape = dict(args.shape_table[name], name=name)
+            check(comm_kind, group, shape, world, rank, device, dtype, 2)
+            for tokens in [int(t) for t in args.tokens.split(",")]:
+                for layers in [int(n) for n in args.layers.split(",")]:
+                    rows.append(measure(comm_kind, group, shape, world, rank, tokens, layers, device,
+                                        dtype, args))
+                    if rank == 0:
+                        print(json.dumps(rows[-1]), flush=True)
     if rank == 0:
         queue.put(rows)
     dist.destroy_process_group()
@@ -167,17 +242,28 @@ def main() -> int:
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     ap.add_argument("--shapes", default="deepseek-v3-width,qwen3-235b-width")
     ap.add_argument("--tokens", default="4096,8192,16384", help="tokens per rank per forward")
-    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--layers", default="4,12",
+                    help="layer counts; with two, also the per-layer marginal (steady state) numbers")
     ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--comm", default="nccl,copy-engine",
+                    help="transports to compare: nccl, copy-engine (CUDA only)")
     ap.add_argument("--comm-priority", choices=("default", "high"), default="default",
                     help="priority of the NCCL stream the collectives run on")
+    ap.add_argument("--profile", default="", help="write rank 0's chrome traces of one overlapped "
+                    "and one serial forward per cell into this folder")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, to check the script runs")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
+    if args.profile:
+        os.makedirs(args.profile, exist_ok=True)
+    # travels in args: spawned workers re-import this module and would see the full SHAPES
+    args.shape_table = {name: dict(SHAPES[name]) for name in args.shapes.split(",")}
     if args.quick:
-        for s in SHAPES.values():
+        for s in args.shape_table.values():
             s.update(hidden=64, inter=32, q_dim=64, kv_dim=16)
-        args.tokens, args.layers, args.iters = "16,32", 2, 3
+        args.tokens, args.layers, args.iters = "16,32", "2,3", 3
+    if args.device == "cpu":
+        args.comm = "nccl"  # the c10d transport runs on gloo there; copy engines need CUDA
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     init_file = tempfile.mktemp(prefix="tbo_bench_")
@@ -189,10 +275,12 @@ def main() -> int:
         p.join(timeout=60)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        record_json(os.path.join(args.out, "tbo_layer.json"), {**provenance(), "rows": rows})
-    print(f"{'shape':20} {'T/rank':>7} {'compute':>8} {'comm':>7} {'serial':>7} {'overlap':>8} {'speedup':>7} {'eff':>5}")
-    for r in rows:
-        print(f"{r['shape']:20} {r['tokens_per_rank']:>7} {r['compute_ms']:>8} {r['comm_ms']:>7} "
+        record_json(os.path.join(args.out, "tbo_layer.json"),
+                    {**provenance(), "rows": rows, "per_layer": marginal(rows),
+                     "env": {k: v for k, v in os.environ.items() if k.startswith(("NCCL_", "TORCH_NCCL_"))}})
+    print(f"{'comm':12} {'shape':20} {'T/rank':>7} {'layers':>18} {'compute':>8} {'comm':>7} {'serial':>7} {'overlap':>8} {'speedup':>7} {'eff':>5}")
+    for r in rows + marginal(rows):
+        print(f"{r['comm']:12} {r['shape']:20} {r['tokens_per_rank']:>7} {r['layers']:>18} {r['compute_ms']:>8} {r['comm_ms']:>7} "
               f"{r['serial_ms']:>7} {r['overlapped_ms']:>8} {r['speedup']:>7} {r['overlap_efficiency']:>5}")
     return 0
 

@@ -37,19 +37,17 @@ class LayerOps(Protocol):
     def combine(self, mb: int, layer: int, local: torch.Tensor) -> None: ...  # reduced local rows
 
 
-class OverlapComm:
-    """Async all_gather / reduce_scatter of one micro-batch's rows, into persistent buffers."""
+class RowsAndBuffers:
+    """What every transport shares: the rows of each micro-batch on every rank (the same list on
+    every rank, set once per forward) and persistent local buffers that only grow."""
 
-    def __init__(self, group, hidden: int, dtype: torch.dtype, device: torch.device | str):
-        self.group, self.hidden, self.dtype, self.device = group, hidden, dtype, torch.device(device)
-        self.world = dist.get_world_size(group)
-        self.rank = dist.get_rank(group)
+    def __init__(self, hidden: int, dtype: torch.dtype, device: torch.device | str, world: int, rank: int):
+        self.hidden, self.dtype, self.device = hidden, dtype, torch.device(device)
+        self.world, self.rank = world, rank
         self.rows: dict[int, list[int]] = {}
         self._buffers: dict[tuple[str, int], torch.Tensor] = {}
-        self._pending: dict[tuple[str, int], tuple[object, torch.Tensor]] = {}
 
     def set_rows(self, mb: int, rows_per_rank: list[int]) -> None:
-        """Rows of micro-batch `mb` on every rank: the same list on every rank, once per forward."""
         if len(rows_per_rank) != self.world:
             raise ValueError(f"need {self.world} row counts, got {len(rows_per_rank)}")
         self.rows[mb] = list(rows_per_rank)
@@ -64,13 +62,29 @@ class OverlapComm:
             self._buffers[(kind, mb)] = buf
         return buf[:rows]
 
-    def issue_gather(self, mb: int, local: torch.Tensor) -> None:
+    def _padded_send(self, mb: int, local: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of `mb` padded to the largest rank's; pad rows are zeros, go through
+        the experts and are dropped afterwards."""
         pad = self.padded_rows(mb)
         send = self._buffer("send", mb, pad)
         n = local.shape[0]
         send[:n].copy_(local)
-        send[n:].zero_()  # pad rows go through the experts and are dropped afterwards
-        out = self._buffer("gathered", mb, pad * self.world)
+        send[n:].zero_()
+        return send
+
+
+class OverlapComm(RowsAndBuffers):
+    """Async all_gather / reduce_scatter of one micro-batch's rows through c10d (NCCL or gloo),
+    into persistent buffers."""
+
+    def __init__(self, group, hidden: int, dtype: torch.dtype, device: torch.device | str):
+        super().__init__(hidden, dtype, device, dist.get_world_size(group), dist.get_rank(group))
+        self.group = group
+        self._pending: dict[tuple[str, int], tuple[object, torch.Tensor]] = {}
+
+    def issue_gather(self, mb: int, local: torch.Tensor) -> None:
+        send = self._padded_send(mb, local)
+        out = self._buffer("gathered", mb, send.shape[0] * self.world)
         work = dist.all_gather_into_tensor(out, send, group=self.group, async_op=True)
         self._pending[("gather", mb)] = (work, out)
 
