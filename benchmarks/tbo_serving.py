@@ -67,18 +67,19 @@ def splits(server: Server) -> dict:
     return {m.group(1): float(m.group(2)) for m in SPLIT.finditer(server.get("/metrics"))}
 
 
-def server_flags(model: str, dp: int, tbo: bool, extra: list[str]) -> list[str]:
+def server_flags(model: str, dp: int, tbo_comm: str | None, extra: list[str]) -> list[str]:
+    """`tbo_comm` None: without TBO; else with TBO over that `--atom-tbo-comm` transport."""
     flags = ["--model-path", model, "--tp", str(dp), "--dp", str(dp), "--enable-dp-attention",
              "--backend", "atom", "--atom-admission", "off", "--enable-metrics", *extra]
-    if tbo:
-        flags += ["--enable-two-batch-overlap"]
+    if tbo_comm:
+        flags += ["--enable-two-batch-overlap", "--atom-tbo-comm", tbo_comm]
     return flags
 
 
 @contextlib.contextmanager
-def serving(args, out: dict, model_name: str, tbo: bool, flags: list[str]):
-    """One server of the with/without pair; records its start-up time and split prefill passes."""
-    label = f"{model_name}-{'tbo' if tbo else 'plain'}"
+def serving(args, out: dict, model_name: str, tbo_comm: str | None, flags: list[str]):
+    """One server of a with/without set; records its start-up time and split prefill passes."""
+    label = f"{model_name}-{'tbo-' + tbo_comm if tbo_comm else 'plain'}"
     print(f"== {label}: starting", flush=True)
     with Server(flags, os.path.join(args.out, f"server_{label}.log")) as server:
         startup = server.wait_ready(args.start_timeout)
@@ -104,14 +105,15 @@ def check(args, out: dict) -> None:
         wave2 = [(dp - 1, [rng.randrange(3, vocab) for _ in range(3000)])]
         answers = {}
         for tbo in (False, True):
-            flags = server_flags(ckpt, dp, tbo, [
+            tbo_comm = args.tbo_comm.split(",")[0] if tbo else None
+            flags = server_flags(ckpt, dp, tbo_comm, [
                 *[f for f in BASE_FLAGS if f not in ("--load-format", "dummy", "--disable-cuda-graph")],
                 "--cuda-graph-max-bs", "16", "--chunked-prefill-size", str(chunk * dp),
                 # a tiny model leaves a huge KV pool; SGLang's decode buffers scale with the
                 # request slots it implies and ran out of memory for DeepSeek-V3-tiny
                 "--max-running-requests", "64", "--mem-fraction-static", "0.7",
                 "--atom-tbo-min-tokens", "256"])
-            with serving(args, out, name, tbo, flags) as (server, _):
+            with serving(args, out, name, tbo_comm, flags) as (server, _):
                 answers[tbo] = wave(server.url, wave1, 8, True) + wave(server.url, wave2, 8, True)
                 if not tbo:
                     answers["serial"] = [wave(server.url, [p], 8, True)[0] for p in wave1 + wave2]
@@ -146,10 +148,10 @@ def perf(args, out: dict) -> None:
     for model in args.models.split(","):
         name = os.path.basename(model.rstrip("/"))
         budget = max(tokens) * dp
-        for tbo in (False, True):
-            flags = server_flags(model, dp, tbo, [*BASE_FLAGS, "--chunked-prefill-size", str(budget),
-                                                  "--max-prefill-tokens", str(budget)])
-            with serving(args, out, name, tbo, flags) as (server, label):
+        for tbo_comm in [None, *args.tbo_comm.split(",")]:
+            flags = server_flags(model, dp, tbo_comm, [*BASE_FLAGS, "--chunked-prefill-size", str(budget),
+                                                       "--max-prefill-tokens", str(budget)])
+            with serving(args, out, name, tbo_comm, flags) as (server, label):
                 rng = random.Random(1)
                 rows = out.setdefault("runs", [])
                 for t in tokens:
@@ -163,7 +165,8 @@ def perf(args, out: dict) -> None:
                         if rep >= args.warmup:
                             times.append(time.perf_counter() - t0)
                     med = statistics.median(times)
-                    rows.append({"model": name, "tbo": tbo, "tokens_per_rank": t, "times_s": times,
+                    rows.append({"model": name, "tbo": bool(tbo_comm), "tbo_comm": tbo_comm,
+                                 "tokens_per_rank": t, "times_s": times,
                                  "median_s": round(med, 4), "prefill_tok_s": round(t * dp / med)})
                     print(f"   {label} {t} tok/rank: {med * 1000:.1f} ms, {t * dp / med:.0f} tok/s", flush=True)
                     record_json(os.path.join(args.out, "tbo_perf.json"), out)
@@ -173,7 +176,8 @@ def perf(args, out: dict) -> None:
             base = next((x for x in out["runs"] if x["model"] == r["model"] and not x["tbo"]
                          and x["tokens_per_rank"] == r["tokens_per_rank"]), None)
             if base:
-                speedups[f"{r['model']}@{r['tokens_per_rank']}"] = round(base["median_s"] / r["median_s"], 3)
+                key = f"{r['model']}@{r['tokens_per_rank']}@{r.get('tbo_comm') or 'nccl'}"
+                speedups[key] = round(base["median_s"] / r["median_s"], 3)
     out["speedup_off_over_on"] = speedups
     print("speedups", speedups, flush=True)
 
@@ -187,6 +191,9 @@ def main() -> int:
     ap.add_argument("--tokens", default="4096,8192,16384")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--tbo-comm", default="nccl",
+                    help="--atom-tbo-comm of the TBO servers; perf runs one TBO server per listed value, "
+                         "check the first")
     ap.add_argument("--start-timeout", type=float, default=400)
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)

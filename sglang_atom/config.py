@@ -88,6 +88,15 @@ class AtomConfig:
         low=2,
     )
 
+    tbo_comm: str = _flag(
+        "nccl",
+        "How two-batch overlap moves micro-batch rows between DP ranks: 'nccl' (NCCL/RCCL "
+        "all_gather/reduce_scatter, run by SM kernels beside the other micro-batch's GEMMs) or "
+        "'copy-engine' (copies into peer-mapped PyTorch symmetric memory, run by the copy engines; "
+        "CUDA, one node).",
+        choices=("nccl", "copy-engine"),
+    )
+
     # MoE expert kernels.
     moe_kernel: str = _flag(
         "auto",

@@ -31,10 +31,11 @@ class ServingSetup:
     expert_balancing: bool = False  # EPLB or the expert distribution recorder
     ep_size: int = 1
     shared_expert_tp1: bool = False  # SGLANG_SHARED_EXPERT_TP1=1
+    nnodes: int = 1
 
 
-def check(cfg: AtomConfig, setup: ServingSetup) -> None:
-    """Raise AtomConfigError for a combination `--backend atom` cannot serve."""
+def check(cfg: AtomConfig, setup: ServingSetup, platform: str = "cuda") -> None:
+    """Raise AtomConfigError for a combination `--backend atom` cannot serve on `platform`."""
     if setup.architecture is not None and setup.architecture not in SUPPORTED_ARCHITECTURES:
         raise AtomConfigError(
             f"--backend atom supports {', '.join(SUPPORTED_ARCHITECTURES)}, but this model is "
@@ -56,7 +57,7 @@ def check(cfg: AtomConfig, setup: ServingSetup) -> None:
             "and needs --enable-dp-attention; add it or drop --enable-two-batch-overlap."
         )
     if setup.two_batch_overlap:
-        check_tbo(setup)
+        check_tbo(cfg, setup, platform)
     if setup.pp_size > 1:
         raise AtomConfigError(
             "--backend atom does not support pipeline parallelism; drop --pp-size or use --backend sglang."
@@ -68,8 +69,16 @@ def check(cfg: AtomConfig, setup: ServingSetup) -> None:
         )
 
 
-def check_tbo(setup: ServingSetup) -> None:
+def check_tbo(cfg: AtomConfig, setup: ServingSetup, platform: str) -> None:
     """What two-batch overlap over all_gather/reduce_scatter (integration/tbo.py) can run."""
+    if cfg.tbo_comm == "copy-engine" and platform != "cuda":
+        raise AtomConfigError(
+            f"--atom-tbo-comm copy-engine needs CUDA GPUs (PyTorch symmetric memory), but this is "
+            f"{platform}; pass --atom-tbo-comm nccl.")
+    if cfg.tbo_comm == "copy-engine" and setup.nnodes > 1:
+        raise AtomConfigError(
+            f"--atom-tbo-comm copy-engine maps peer GPU memory over NVLink within one node, but "
+            f"--nnodes is {setup.nnodes}; pass --atom-tbo-comm nccl.")
     if setup.tp_size != setup.dp_size:
         raise AtomConfigError(
             f"two-batch overlap with --backend atom runs attention with one GPU per DP rank; set "
@@ -119,8 +128,8 @@ def summary(cfg: AtomConfig, setup: ServingSetup, plan: PlatformPlan) -> str:
         admission = "admission=off (PD-disaggregated server: no prefill and decode to align)"
     if tbo_active(cfg, setup):
         # say it where operators look: the first measurements have it slower than without
-        tbo = ("tbo=prefill over all_gather/reduce_scatter (experimental: slower than without it "
-               "in the 2xH200 measurements, see README)")
+        tbo = (f"tbo=prefill over all_gather/reduce_scatter by {cfg.tbo_comm} (experimental: slower "
+               f"than without it in the 2xH200 measurements, see README)")
     elif not setup.two_batch_overlap:
         tbo = "tbo=off (--enable-two-batch-overlap not given)"
     else:

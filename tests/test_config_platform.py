@@ -141,5 +141,27 @@ def test_summary_marks_two_batch_overlap_experimental():
     on = ServingSetup("Qwen3MoeForCausalLM", dp_attention=True, dp_size=4, tp_size=4,
                       moe_a2a_backend="none", prefill_delayer=False, two_batch_overlap=True,
                       disaggregation_mode="null")
-    assert "tbo=prefill over all_gather/reduce_scatter (experimental: slower than without it" in summary(
+    assert "tbo=prefill over all_gather/reduce_scatter by nccl (experimental: slower than" in summary(
         AtomConfig(backend="atom"), on, plan("cuda"))
+
+
+def test_copy_engine_transport_needs_cuda_and_one_node():
+    from dataclasses import replace
+
+    from sglang_atom.validation import ServingSetup, check, summary
+
+    on = ServingSetup("Qwen3MoeForCausalLM", dp_attention=True, dp_size=4, tp_size=4,
+                      moe_a2a_backend="none", prefill_delayer=False, two_batch_overlap=True,
+                      disaggregation_mode="null")
+    ce = AtomConfig(backend="atom", tbo_comm="copy-engine")
+    check(ce, on, "cuda")
+    assert "by copy-engine" in summary(ce, on, plan("cuda"))
+    with pytest.raises(AtomConfigError, match=re.escape("needs CUDA GPUs (PyTorch symmetric memory), "
+                                                        "but this is rocm; pass --atom-tbo-comm nccl.")):
+        check(ce, on, "rocm")
+    with pytest.raises(AtomConfigError, match=re.escape("but --nnodes is 2; pass --atom-tbo-comm nccl.")):
+        check(ce, replace(on, nnodes=2), "cuda")
+    check(AtomConfig(backend="atom"), replace(on, nnodes=2), "rocm")  # nccl runs anywhere
+    check(ce, replace(on, two_batch_overlap=False), "rocm")  # only matters with TBO on
+    with pytest.raises(AtomConfigError, match="--atom-tbo-comm must be one of nccl, copy-engine"):
+        AtomConfig(backend="atom", tbo_comm="nvshmem").validate()

@@ -54,7 +54,7 @@ def after_post_init(result, server_args, *args, **kwargs):
     cfg = AtomConfig.from_env()
     if not cfg.enabled:
         return
-    check(cfg, runtime.serving_setup(server_args, model_architecture(server_args)))
+    check(cfg, runtime.serving_setup(server_args, model_architecture(server_args)), platform.probe())
     cfg.to_env()  # the Engine API sets only the backend switch; children get the whole config
     runtime.install(launcher=True)
 

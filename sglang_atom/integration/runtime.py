@@ -56,6 +56,7 @@ def serving_setup(server_args, architecture: str | None) -> ServingSetup:
         or server_args.expert_distribution_recorder_mode is not None,
         ep_size=int(server_args.ep_size),
         shared_expert_tp1=os.environ.get("SGLANG_SHARED_EXPERT_TP1", "").lower() in ("1", "true"),
+        nnodes=int(server_args.nnodes),
     )
 
 
@@ -106,7 +107,8 @@ def runtime_hooks(launcher: bool):
     else:
         # Model-side hooks, in the processes that run the model. They change nothing unless
         # --enable-two-batch-overlap is on (SGLang only reaches them through its TBO paths).
-        hooks += tbo.hooks(process_config().tbo_min_tokens)
+        cfg = process_config()
+        hooks += tbo.hooks(cfg.tbo_min_tokens, cfg.tbo_comm)
     return hooks
 
 
