@@ -167,8 +167,6 @@ def main() -> int:
                                **summarize(records, secs, args.tp, conc),
                                "padding_ratio_mean": histogram_mean(
                                    before, after, "sglang:atom_gathered_rows_padding_ratio"),
-                               "admission_exchange_s_mean": histogram_mean(
-                                   before, after, "sglang:atom_admission_exchange_seconds"),
                                "decisions": counter_delta(
                                    before, after, "sglang:atom_admission_decisions_total")}
                         result["runs"].append(row)

@@ -12,7 +12,6 @@ from .admission.policy import Decision
 
 HELD_PASSES_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 HELD_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-EXCHANGE_SECONDS_BUCKETS = (5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 5e-2)
 RATIO_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
@@ -23,7 +22,6 @@ class AtomMetrics:
     held_seconds: object
     padding: object
     tbo_prefills: object
-    exchange_seconds: object
 
     @classmethod
     def create(cls) -> "AtomMetrics":
@@ -51,12 +49,6 @@ class AtomMetrics:
                 "ranks' token rows, i.e. the padding share if every rank were padded to the largest.",
                 buckets=RATIO_BUCKETS,
             ),
-            exchange_seconds=Histogram(
-                "sglang:atom_admission_exchange_seconds",
-                "Seconds per scheduler pass spent in the admission all-gather of the ranks' state "
-                "(CPU process group), the cost the policy adds to every pass.",
-                buckets=EXCHANGE_SECONDS_BUCKETS,
-            ),
             tbo_prefills=Counter(
                 "sglang:atom_tbo_prefill_passes_total",
                 "Prefill passes with two-batch overlap on, by whether every rank ran them as two "
@@ -75,9 +67,6 @@ class AtomMetrics:
 
     def gathered_rows(self, ratio: float) -> None:
         self.padding.observe(ratio)
-
-    def exchange(self, seconds: float) -> None:
-        self.exchange_seconds.observe(seconds)
 
     def tbo_prefill(self, split: bool) -> None:
         self.tbo_prefills.labels("yes" if split else "no").inc()

@@ -32,6 +32,7 @@ class ServingSetup:
     ep_size: int = 1
     shared_expert_tp1: bool = False  # SGLANG_SHARED_EXPERT_TP1=1
     nnodes: int = 1
+    dp_sync_skipped: bool = False  # SGLANG_SCHEDULER_SKIP_ALL_GATHER=1
 
 
 def check(cfg: AtomConfig, setup: ServingSetup, platform: str = "cuda") -> None:
@@ -51,6 +52,10 @@ def check(cfg: AtomConfig, setup: ServingSetup, platform: str = "cuda") -> None:
             "--enable-prefill-delayer and sglang-atom's admission policy both gate prefill; "
             "drop --enable-prefill-delayer, or pass --atom-admission off to keep SGLang's delayer."
         )
+    if setup.dp_sync_skipped and admission_active(cfg, setup):
+        raise AtomConfigError(
+            "SGLANG_SCHEDULER_SKIP_ALL_GATHER=1 turns off the per-pass DP sync that sglang-atom's "
+            "admission rides on; unset it or pass --atom-admission off.")
     if setup.two_batch_overlap and not setup.dp_attention:
         raise AtomConfigError(
             "--enable-two-batch-overlap with --backend atom overlaps the DP all_gather/reduce_scatter "

@@ -165,3 +165,19 @@ def test_copy_engine_transport_needs_cuda_and_one_node():
     check(ce, replace(on, two_batch_overlap=False), "rocm")  # only matters with TBO on
     with pytest.raises(AtomConfigError, match="--atom-tbo-comm must be one of nccl, copy-engine"):
         AtomConfig(backend="atom", tbo_comm="nvshmem").validate()
+
+
+def test_admission_refuses_a_skipped_dp_sync():
+    from dataclasses import replace
+
+    from sglang_atom.validation import ServingSetup, check
+
+    setup = ServingSetup("Qwen3MoeForCausalLM", dp_attention=True, dp_size=4, tp_size=4,
+                         moe_a2a_backend="none", prefill_delayer=False, two_batch_overlap=False,
+                         disaggregation_mode="null", dp_sync_skipped=True)
+    with pytest.raises(AtomConfigError, match=re.escape(
+            "SGLANG_SCHEDULER_SKIP_ALL_GATHER=1 turns off the per-pass DP sync that sglang-atom's "
+            "admission rides on; unset it or pass --atom-admission off.")):
+        check(AtomConfig(backend="atom"), setup)
+    check(AtomConfig(backend="atom", admission="off"), setup)  # nothing rides on it then
+    check(AtomConfig(backend="atom"), replace(setup, dp_sync_skipped=False))

@@ -14,7 +14,6 @@ def exported():
     m.decision(Decision(fire=True, reason="fill"))
     m.hold_ended(passes=3, seconds=0.02)
     m.gathered_rows(0.25)
-    m.exchange(0.0003)
     m.tbo_prefill(True)
     m.tbo_prefill(False)
     m.tbo_prefill(True)
@@ -28,8 +27,6 @@ def exported():
     'sglang:atom_admission_held_seconds_bucket{le="0.025"} 1.0',
     'sglang:atom_gathered_rows_padding_ratio_bucket{le="0.2"} 0.0',
     'sglang:atom_gathered_rows_padding_ratio_bucket{le="0.3"} 1.0',
-    'sglang:atom_admission_exchange_seconds_bucket{le="0.0002"} 0.0',
-    'sglang:atom_admission_exchange_seconds_bucket{le="0.0005"} 1.0',
     'sglang:atom_tbo_prefill_passes_total{split="yes"} 2.0',
     'sglang:atom_tbo_prefill_passes_total{split="no"} 1.0',
 ])

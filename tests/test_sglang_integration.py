@@ -13,6 +13,9 @@ SCHEDULER_TARGETS = [
     "sglang.srt.managers.scheduler.Scheduler.init_schedule_policy",
     "sglang.srt.managers.scheduler.Scheduler.get_new_batch_prefill",
     "sglang.srt.managers.scheduler.Scheduler.get_next_batch_to_run",
+    "sglang.srt.managers.scheduler_components.dp_attn.MLPSyncBatchInfo._get_local_tensor",
+    "sglang.srt.managers.scheduler_components.dp_attn.MLPSyncBatchInfo._get_fallback_tensor",
+    "sglang.srt.managers.scheduler_components.dp_attn.MLPSyncBatchInfo.all_gather",
 ]
 DP_TARGET = "sglang.srt.entrypoints.engine.run_data_parallel_controller_process"
 
@@ -192,7 +195,8 @@ def test_environment_switch_conflicting_with_cli_is_refused():
 
 
 def test_admission_decisions_stay_in_lockstep_on_four_gloo_ranks():
-    """Real hooked Scheduler methods on 4 gloo ranks, random workloads, one rank never loaded."""
+    """Real hooked Scheduler methods and SGLang's real per-pass DP sync on 4 gloo ranks, random
+    workloads, one rank never loaded."""
     for seed in (1, 2):
         proc = subprocess.run([sys.executable, str(ROOT / "tests/drivers/admission_lockstep.py"), QWEN,
                                "150", str(seed)], capture_output=True, text=True, timeout=400, cwd=ROOT)
@@ -208,10 +212,14 @@ def test_admission_decisions_stay_in_lockstep_on_four_gloo_ranks():
             holds = 0 if fire else holds + 1
             assert holds <= 32
         assert {reason for fire, reason in sequences[0] if not fire} <= {"align", "fill_wait"}
+        # the states reached the policy: it held on some passes (an empty table only ever fires)
+        assert any(not fire for fire, _ in sequences[0])
+        # one all_gather per pass on every rank: SGLang's DP sync, which carries the states
+        assert all(ranks[r]["all_gathers_per_pass"] == [1] for r in ranks)
         assert proc.stderr.count("sglang-atom active: admission=coalesce(target_fill=0.7") == 1
         assert "tbo=off (--enable-two-batch-overlap not given)" in proc.stderr
         assert "hooks verified in: launcher, scheduler" in proc.stderr
-        assert ranks["3"]["admitted"] == 0  # the idle rank joined every exchange with nothing to do
+        assert ranks["3"]["admitted"] == 0  # the idle rank joined every sync with nothing to do
         assert all(ranks[r]["admitted"] > 0 for r in "012")
 
 

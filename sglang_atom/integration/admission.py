@@ -1,11 +1,14 @@
 """Scheduler glue for coordinated DP prefill admission (SGLang 0.5.17 Scheduler internals).
 
-Every scheduler pass SGLang calls `Scheduler.get_new_batch_prefill` exactly once on every rank
-(from `get_next_batch_to_run`, ahead of the DP-attention MLP sync). The AROUND hook there packs
-this rank's `RankState`, all-gathers it over the TP CPU group (the exchange SGLang's own
-PrefillDelayer would use; `--enable-prefill-delayer` is refused alongside, so there is still one
-admission collective per pass), runs the pure policy, and either calls SGLang's prefill path or
-returns no prefill batch so the rank decodes.
+No collective of its own: the ranks' states ride on the sync SGLang already runs once per
+scheduler pass under DP attention (`prepare_mlp_sync_batch_raw` -> `MLPSyncBatchInfo.all_gather`,
+after the pass's batch is chosen). The hooks append this rank's `RankState` to the row that sync
+gathers and read every DP rank's state back out of the gathered table. The next pass's
+`Scheduler.get_new_batch_prefill` (AROUND) runs the pure policy on those numbers, the same on
+every rank, and either calls SGLang's prefill path or returns no prefill batch so the rank decodes.
+
+The state is as of the end of the previous pass (after its admissions): requests that arrive
+in between are seen one pass later, by every rank alike.
 """
 
 from __future__ import annotations
@@ -22,26 +25,29 @@ from ..metrics import AtomMetrics
 # Pending tokens are capped so the int64 row never overflows and one huge prompt does not
 # dominate the fill signal beyond what a few passes can prefill anyway.
 PENDING_CAP_BUDGETS = 4
+WIDTH = len(RankState.FIELDS)
+
+# The controller of this scheduler process (SGLang runs one scheduler per process); the sync
+# hooks have no scheduler argument to find it by.
+_controller: "AdmissionController | None" = None
 
 
 class AdmissionController:
     """One per scheduler process; all ranks of the TP group hold one each and stay in lockstep."""
 
     def __init__(self, scheduler, cfg: AtomConfig, tbo_enabled: bool, metrics: AtomMetrics | None):
-        ps = scheduler.ps
-        self.group = scheduler.tp_cpu_group
+        self.scheduler = scheduler
         self.params = cfg.policy_params(tbo_enabled)
-        self.dp_size = ps.attn_dp_size
-        self.ranks_per_dp = ps.tp_size // ps.attn_dp_size
-        self.buffer = torch.empty((self.dp_size, self.ranks_per_dp, len(RankState.FIELDS)),
-                                  dtype=torch.int64)
+        self.running_batch = None  # as left by this rank's last prefill decision
+        self.gathered: list[RankState] = []  # every DP rank's state, from the last sync
         self.state = EpisodeState()
         self.last_decision = None
         self.hold_started = 0.0
         self.metrics = metrics
 
-    # ------------------------------------------------------------ per pass
-    def local_state(self, scheduler, running_batch) -> RankState:
+    # ------------------------------------------------------------ the sync
+    def local_state(self) -> RankState:
+        scheduler, running = self.scheduler, self.running_batch
         budget = scheduler.chunked_prefill_size or scheduler.max_prefill_tokens
         now = time.perf_counter()
         pending, oldest = 0, 0.0
@@ -57,25 +63,23 @@ class AdmissionController:
         return RankState(
             waiting_reqs=len(scheduler.waiting_queue),
             pending_tokens=min(pending, PENDING_CAP_BUDGETS * budget),
-            running_reqs=len(running_batch.reqs),
+            running_reqs=len(running.reqs) if running is not None else 0,
             kv_usage_permille=int(usage * 1000),
             chunked=int(chunked is not None),
             oldest_wait_ms=int(oldest * 1000),
             prefill_budget=budget,
         )
 
-    def gather(self, local: RankState) -> list[RankState]:
-        row = torch.tensor(local.to_row(), dtype=torch.int64)
-        started = time.perf_counter()
-        torch.distributed.all_gather_into_tensor(self.buffer.view(-1), row, group=self.group)
-        if self.metrics is not None:
-            self.metrics.exchange(time.perf_counter() - started)
-        # Ranks of one attention-TP group share one request queue: read its first rank.
-        return [RankState.from_row(r) for r in self.buffer[:, 0, :].tolist()]
+    def receive(self, rows) -> None:
+        """The admission columns of SGLang's gathered table, one row per DP rank."""
+        self.gathered = [RankState.from_row(r) for r in rows]
 
-    def step(self, ranks: list[RankState]) -> bool:
+    # ------------------------------------------------------------ the decision
+    def step(self) -> bool:
         held_before = self.state.held_passes
-        decision, self.state = decide(ranks, self.state, self.params)
+        # Before the first sync there is nothing gathered: no rank is known to have prefill
+        # work, and the policy fires (`nothing_pending`), as plain SGLang would.
+        decision, self.state = decide(self.gathered, self.state, self.params)
         self.last_decision = decision
         now = time.perf_counter()
         if not decision.fire and held_before == 0:
@@ -91,10 +95,38 @@ def around_get_new_batch_prefill(original, scheduler, running_batch, *args, **kw
     controller: AdmissionController | None = getattr(scheduler, "_atom_admission", None)
     if controller is None:
         return original(scheduler, running_batch, *args, **kwargs)
-    ranks = controller.gather(controller.local_state(scheduler, running_batch))
-    if controller.step(ranks):
-        return original(scheduler, running_batch, *args, **kwargs)
-    return NextBatchPlan(batch_to_run=None, running_batch=running_batch)
+    if controller.step():
+        plan = original(scheduler, running_batch, *args, **kwargs)
+    else:
+        plan = NextBatchPlan(batch_to_run=None, running_batch=running_batch)
+    controller.running_batch = plan.running_batch
+    return plan
+
+
+def around_local_tensor(original, info, device, dtype=torch.int64):
+    """AROUND MLPSyncBatchInfo._get_local_tensor: this rank's row, plus its admission state."""
+    row = original(info, device, dtype)
+    if _controller is None:
+        return row
+    extra = torch.tensor(_controller.local_state().to_row(), device=row.device, dtype=row.dtype)
+    return torch.cat([row, extra])
+
+
+def around_fallback_tensor(original, info, device, dtype=torch.int64):
+    """AROUND MLPSyncBatchInfo._get_fallback_tensor: the row of an inactive slot; its admission
+    state is all zeros (nothing waiting, nothing running), so it never holds prefill."""
+    row = original(info, device, dtype)
+    if _controller is None:
+        return row
+    return torch.cat([row, torch.zeros(WIDTH, device=row.device, dtype=row.dtype)])
+
+
+def after_all_gather(result, info, *args, **kwargs):
+    """AFTER MLPSyncBatchInfo.all_gather: every DP rank's admission state, from its first
+    attention-TP rank (ranks of one DP group share one request queue)."""
+    if _controller is not None:
+        _controller.receive(info.tp0_info[:, -WIDTH:].tolist())
+    return None
 
 
 def observe_gathered_rows(plan, scheduler, *args, **kwargs):
@@ -118,9 +150,9 @@ def attach(scheduler, cfg: AtomConfig, admission_on: bool, tbo_on: bool) -> None
 
     Every rank decides the same thing, so only TP rank 0 records metrics (no double counting).
     """
+    global _controller
     record = scheduler.server_args.enable_metrics and scheduler.ps.tp_rank == 0
     metrics = AtomMetrics.create() if record else None
     scheduler._atom_metrics = metrics
-    scheduler._atom_admission = (
-        AdmissionController(scheduler, cfg, tbo_on, metrics) if admission_on else None
-    )
+    _controller = AdmissionController(scheduler, cfg, tbo_on, metrics) if admission_on else None
+    scheduler._atom_admission = _controller

@@ -57,6 +57,7 @@ def serving_setup(server_args, architecture: str | None) -> ServingSetup:
         ep_size=int(server_args.ep_size),
         shared_expert_tp1=os.environ.get("SGLANG_SHARED_EXPERT_TP1", "").lower() in ("1", "true"),
         nnodes=int(server_args.nnodes),
+        dp_sync_skipped=os.environ.get("SGLANG_SCHEDULER_SKIP_ALL_GATHER", "").lower() in ("1", "true"),
     )
 
 
@@ -101,6 +102,9 @@ def runtime_hooks(launcher: bool):
         (symbols.SCHEDULER_TARGETS[0], _after_init_schedule_policy, HookType.AFTER),
         (symbols.SCHEDULER_TARGETS[1], admission.around_get_new_batch_prefill, HookType.AROUND),
         (symbols.SCHEDULER_TARGETS[2], admission.observe_gathered_rows, HookType.AFTER),
+        (symbols.MLP_SYNC_TARGETS[0], admission.around_local_tensor, HookType.AROUND),
+        (symbols.MLP_SYNC_TARGETS[1], admission.around_fallback_tensor, HookType.AROUND),
+        (symbols.MLP_SYNC_TARGETS[2], admission.after_all_gather, HookType.AFTER),
     ]
     if launcher:
         hooks.append((symbols.DP_CONTROLLER_TARGET, DPControllerProcess, HookType.REPLACE))

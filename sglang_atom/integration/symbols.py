@@ -19,6 +19,13 @@ SCHEDULER_TARGETS = (
     "sglang.srt.managers.scheduler.Scheduler.get_new_batch_prefill",
     "sglang.srt.managers.scheduler.Scheduler.get_next_batch_to_run",
 )
+# The per-pass DP-attention sync; admission appends each rank's state to the row it gathers.
+_MLP_SYNC = "sglang.srt.managers.scheduler_components.dp_attn.MLPSyncBatchInfo"
+MLP_SYNC_TARGETS = (
+    f"{_MLP_SYNC}._get_local_tensor",
+    f"{_MLP_SYNC}._get_fallback_tensor",
+    f"{_MLP_SYNC}.all_gather",
+)
 # 0.5.17's DP controller process does not load plugins; the launcher points its process target
 # at a callable of ours that does (later SGLang releases call load_plugins() there themselves).
 DP_CONTROLLER_TARGET = "sglang.srt.entrypoints.engine.run_data_parallel_controller_process"

@@ -3,10 +3,12 @@
 The launcher part parses real ServerArgs with --backend atom (installing the hooks and
 publishing the config to the environment, as `sglang.launch_server` does), then spawns 4
 processes. Each loads plugins the way SGLang's scheduler processes do, builds a real `Scheduler`
-object without a model (only the attributes the prefill path reads), runs the hooked
-`Scheduler.init_schedule_policy` and then, every pass, the hooked
-`Scheduler.get_new_batch_prefill`. Workloads are random per rank; the last rank never gets a
-request. Prints one JSON line: every rank's decision sequence and admitted counts.
+object without a model (only the attributes the prefill path reads) and SGLang's TP
+`GroupCoordinator` on gloo, runs the hooked `Scheduler.init_schedule_policy` and then, every
+pass, the hooked `Scheduler.get_new_batch_prefill` followed by SGLang's per-pass DP sync
+(`prepare_mlp_sync_batch_raw`), which carries the admission state. Workloads are random per
+rank; the last rank never gets a request. Prints one JSON line: every rank's decision sequence,
+admitted counts, and the all_gathers per pass (admission must add none to SGLang's one).
 
 usage: python admission_lockstep.py MODEL_DIR PASSES SEED
 """
@@ -34,16 +36,33 @@ def worker(rank, server_args, init_file, passes, seed, out_queue):
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # as SGLang's scheduler does
 
     load_plugins()  # as run_scheduler_process does: SGLANG_ATOM_BACKEND=atom installs the hooks
+    from sglang.srt.distributed import parallel_state
     from sglang.srt.managers.scheduler import Scheduler
+    from sglang.srt.managers.scheduler_components.dp_attn import prepare_mlp_sync_batch_raw
     from sglang.srt.runtime_context import publish
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     publish(server_args, role="scheduler")
+    # SGLang's own TP group object on gloo; its NCCL-only communicators are off on CPU.
+    parallel_state._TP = parallel_state.GroupCoordinator(
+        group_ranks=[list(range(WORLD))], local_rank=rank, torch_distributed_backend="gloo",
+        use_pynccl=False, use_pymscclpp=False, use_custom_allreduce=False,
+        use_torch_symm_mem_all_reduce=False, use_hpu_communicator=False,
+        use_xpu_communicator=False, use_npu_communicator=False, group_name="tp")
+    tp_group = parallel_state.get_tp_group()
+    all_gathers = [0]
+    real_all_gather = dist.all_gather_into_tensor
+
+    def counted_all_gather(*args, **kwargs):
+        all_gathers[0] += 1
+        return real_all_gather(*args, **kwargs)
+
+    dist.all_gather_into_tensor = counted_all_gather
 
     sched = Scheduler.__new__(Scheduler)
     sched.server_args = server_args
     sched.ps = SimpleNamespace(tp_rank=rank, tp_size=WORLD, attn_dp_size=WORLD, attn_tp_rank=0)
-    sched.tp_cpu_group = dist.group.WORLD
+    sched.tp_cpu_group = tp_group.cpu_group
     sched.schedule_policy = "fcfs"
     sched.tree_cache = None
     sched.enable_hierarchical_cache = False
@@ -77,7 +96,7 @@ def worker(rank, server_args, init_file, passes, seed, out_queue):
     sched._get_new_batch_prefill_raw = prefill_raw
     rng = random.Random(seed * 100 + rank)
     running = SimpleNamespace(reqs=[SimpleNamespace() for _ in range(rng.randint(0, 8))])
-    decisions, fired = [], 0
+    decisions, fired, gathers_per_pass = [], 0, []
     for step in range(passes):
         if rank != WORLD - 1 and rng.random() < 0.3:  # the last rank never gets a request
             for _ in range(rng.randint(1, 3)):
@@ -87,11 +106,20 @@ def worker(rank, server_args, init_file, passes, seed, out_queue):
                     prefix_indices=[]))
         running.reqs = [r for r in running.reqs if rng.random() > 0.05]  # decodes finish
         usage.value = rng.random() * 0.95
-        plan = sched.get_new_batch_prefill(running)  # hooked: gather + decide + maybe prefill
+        before = all_gathers[0]
+        plan = sched.get_new_batch_prefill(running)  # hooked: decide + maybe prefill
         d = sched._atom_admission.last_decision
         decisions.append([int(d.fire), d.reason])
         fired += int(plan.batch_to_run is not None)
-    out_queue.put((rank, decisions, sum(admitted), len(sched.waiting_queue), fired))
+        # SGLang's per-pass DP sync (hooked: carries this rank's admission state to all ranks)
+        prepare_mlp_sync_batch_raw(
+            None, model_runner=SimpleNamespace(prefill_cuda_graph_runner=None), dp_size=WORLD,
+            attn_tp_size=1, attn_cp_size=1, tp_group=tp_group, get_idle_batch=lambda: None,
+            disable_cuda_graph=True, require_mlp_tp_gather=True, disable_overlap_schedule=False,
+            offload_tags=set())
+        gathers_per_pass.append(all_gathers[0] - before)
+    out_queue.put((rank, decisions, sum(admitted), len(sched.waiting_queue), fired,
+                   sorted(set(gathers_per_pass))))
     dist.destroy_process_group()
 
 
@@ -119,8 +147,9 @@ def main():
     deadline = time.time() + 240
     while len(results) < WORLD and time.time() < deadline:
         try:
-            rank, decisions, admitted, left, fired = queue.get(timeout=5)
-            results[rank] = dict(decisions=decisions, admitted=admitted, left=left, fired=fired)
+            rank, decisions, admitted, left, fired, gathers = queue.get(timeout=5)
+            results[rank] = dict(decisions=decisions, admitted=admitted, left=left, fired=fired,
+                                 all_gathers_per_pass=gathers)
         except Exception:
             if any(p.exitcode not in (None, 0) for p in procs):
                 break
