@@ -19,8 +19,12 @@ check: random N(0, 0.02) weights (benchmarks/random_checkpoint.py; dummy weights
     split.
 perf: dummy weights; per repeat, one fresh prompt of T tokens per rank, 1 output token, all
     sent together; the time to the last answer is the prefill time. Speedup = off / on.
+profile: as perf, for the first of --tokens, then one more wave under SGLang's profiler
+    (`/start_profile`, CPU and GPU activity); writes each server's traces to DIR/trace_LABEL/ and
+    the TP-0 trace's summary (benchmarks/trace_summary.py: GPU time per stream and kernel kind,
+    the compute stream's idle gaps) into DIR/tbo_profile.json.
 
-Writes DIR/tbo_check.json or DIR/tbo_perf.json (command, machine, date, numbers) and logs.
+Writes DIR/tbo_{check,perf,profile}.json (command, machine, date, numbers) and logs.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import random_checkpoint  # noqa: E402
+import trace_summary  # noqa: E402
 from serve_smoke import BASE_FLAGS  # noqa: E402
 from serving import Server, provenance, record_json  # noqa: E402
 
@@ -182,9 +187,52 @@ def perf(args, out: dict) -> None:
     print("speedups", speedups, flush=True)
 
 
+def post(server: Server, path: str, body: dict) -> str:
+    req = urllib.request.Request(server.url + path, json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=600) as r:
+        return r.read().decode()
+
+
+def profile(args, out: dict) -> None:
+    dp, t = args.dp, int(args.tokens.split(",")[0])
+    for model in args.models.split(","):
+        name = os.path.basename(model.rstrip("/"))
+        for tbo_comm in [None, *args.tbo_comm.split(",")]:
+            flags = server_flags(model, dp, tbo_comm, [*BASE_FLAGS, "--chunked-prefill-size", str(t * dp),
+                                                       "--max-prefill-tokens", str(t * dp)])
+            with serving(args, out, name, tbo_comm, flags) as (server, label):
+                rng = random.Random(1)
+                prompts = lambda: [(r, [rng.randrange(3, 30000) for _ in range(t)]) for r in range(dp)]  # noqa: E731
+                for _ in range(args.warmup):
+                    wave(server.url, prompts(), 1, False)
+                trace_dir = os.path.abspath(os.path.join(args.out, f"trace_{label}"))
+                post(server, "/start_profile", {"output_dir": trace_dir, "activities": ["CPU", "GPU"]})
+                t0 = time.perf_counter()
+                wave(server.url, prompts(), 1, False)
+                wave_s = time.perf_counter() - t0
+                post(server, "/stop_profile", {})
+                deadline = time.time() + 120  # the ranks export their traces after stop
+                while time.time() < deadline and not _tp0_trace(trace_dir):
+                    time.sleep(2)
+                path = _tp0_trace(trace_dir)
+                out.setdefault("profiles", {})[label] = {
+                    "tokens_per_rank": t, "wave_s": round(wave_s, 4), "trace": path,
+                    "summary": trace_summary.summarize(trace_summary.load(path)) if path else None}
+                print(f"   {label}: profiled wave {wave_s * 1000:.1f} ms, trace {path}", flush=True)
+                record_json(os.path.join(args.out, "tbo_profile.json"), out)
+
+
+def _tp0_trace(trace_dir: str) -> str | None:
+    if not os.path.isdir(trace_dir):
+        return None
+    found = sorted(f for f in os.listdir(trace_dir) if "-TP-0" in f and f.endswith(".trace.json.gz"))
+    return os.path.join(trace_dir, found[0]) if found else None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=("check", "perf"))
+    ap.add_argument("mode", choices=("check", "perf", "profile"))
     ap.add_argument("--out", required=True)
     ap.add_argument("--models", required=True)
     ap.add_argument("--dp", type=int, default=4)
@@ -199,7 +247,7 @@ def main() -> int:
     os.makedirs(args.out, exist_ok=True)
     out = provenance()
     try:
-        (check if args.mode == "check" else perf)(args, out)
+        {"check": check, "perf": perf, "profile": profile}[args.mode](args, out)
     finally:
         record_json(os.path.join(args.out, f"tbo_{args.mode}.json"), out)
     return 0

@@ -1,0 +1,107 @@
+"""Where GPU time goes in a PyTorch/SGLang chrome trace: per stream, per kernel kind, idle gaps.
+
+    python3 benchmarks/trace_summary.py TRACE.json[.gz] [TRACE ...] [--out summary.json]
+
+For each trace (torch.profiler's `export_chrome_trace`, or SGLang's `/start_profile` output):
+the GPU span, and per CUDA stream the busy time of kernels and copies, split into kinds by
+kernel name (attention, MoE, GEMM, NCCL, symmetric-memory barrier, copies, elementwise, other).
+The compute stream (the one with the most kernel time) also gets its idle time inside the span
+and its longest gaps with the name of the kernel that ended each: a stream waiting on a
+collective shows up there. Used for the two-batch-overlap notes (benchmarks/results/NOTES-tbo.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import re
+import sys
+from collections import defaultdict
+
+GPU_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
+# First match wins; names as CUDA/Triton report them.
+KINDS = (
+    ("nccl", re.compile(r"nccl", re.I)),
+    ("barrier", re.compile(r"symmetric_memory::barrier|barrier_kernel", re.I)),
+    ("attention", re.compile(r"attn|attention|flash|fwd_kernel|extend|mla|decode_grouped", re.I)),
+    ("moe", re.compile(r"fused_moe|moe|topk|align_block", re.I)),
+    ("gemm", re.compile(r"nvjet|gemm|cutlass|sm90_xmma|cublas|matmul", re.I)),
+    ("elementwise", re.compile(r"elementwise|reduce_kernel|norm|silu|act_and_mul|rotary|copy", re.I)),
+)
+
+
+def kind_of(event: dict) -> str:
+    if event.get("cat") in ("gpu_memcpy", "gpu_memset"):
+        return "copy"
+    for kind, pattern in KINDS:
+        if pattern.search(event.get("name", "")):
+            return kind
+    return "other"
+
+
+def load(path: str) -> list[dict]:
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt") as f:
+        data = json.load(f)
+    events = data["traceEvents"] if isinstance(data, dict) else data
+    return [e for e in events if e.get("ph") == "X" and e.get("cat") in GPU_CATEGORIES]
+
+
+def summarize(events: list[dict], top_gaps: int = 5, min_gap_us: float = 20.0) -> dict:
+    """Times in ms from the GPU events of one device (dicts with ts, dur in µs, cat, name, args.stream)."""
+    if not events:
+        return {"span_ms": 0.0, "streams": {}, "compute_stream": None}
+    start = min(e["ts"] for e in events)
+    end = max(e["ts"] + e["dur"] for e in events)
+    streams: dict[str, dict] = defaultdict(lambda: defaultdict(float))
+    by_stream: dict[str, list[dict]] = defaultdict(list)
+    for e in events:
+        stream = str(e.get("args", {}).get("stream", "?"))
+        streams[stream][kind_of(e)] += e["dur"] / 1000
+        by_stream[stream].append(e)
+    kernel_ms = {s: sum(v for k, v in kinds.items() if k != "copy") for s, kinds in streams.items()}
+    compute = max(kernel_ms, key=kernel_ms.get)
+    ordered = sorted(by_stream[compute], key=lambda e: e["ts"])
+    gaps, busy_until = [], ordered[0]["ts"]
+    last_name = ordered[0]["name"]
+    for e in ordered:
+        gap = e["ts"] - busy_until
+        if gap > min_gap_us:
+            gaps.append({"at_ms": round((busy_until - start) / 1000, 3), "gap_ms": round(gap / 1000, 3),
+                         "after": last_name[:80]})
+        if e["ts"] + e["dur"] >= busy_until:
+            busy_until, last_name = e["ts"] + e["dur"], e["name"]
+    return {
+        "span_ms": round((end - start) / 1000, 3),
+        "compute_stream": compute,
+        "compute_idle_ms": round(sum(g["gap_ms"] for g in gaps), 3),
+        "compute_longest_gaps": sorted(gaps, key=lambda g: -g["gap_ms"])[:top_gaps],
+        "streams": {s: {k: round(v, 3) for k, v in sorted(kinds.items())} | {"total": round(sum(kinds.values()), 3)}
+                    for s, kinds in sorted(streams.items(), key=lambda kv: -sum(kv[1].values()))},
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("traces", nargs="+")
+    ap.add_argument("--out", default="")
+    args = ap.parse_args()
+    results = {}
+    for path in args.traces:
+        s = results[path] = summarize(load(path))
+        print(f"== {path}\nspan {s['span_ms']} ms; compute stream {s['compute_stream']} idle "
+              f"{s.get('compute_idle_ms', 0)} ms")
+        for stream, kinds in s["streams"].items():
+            parts = ", ".join(f"{k} {v}" for k, v in kinds.items() if k != "total")
+            print(f"  stream {stream}: {kinds['total']} ms busy ({parts})")
+        for g in s.get("compute_longest_gaps", []):
+            print(f"  gap {g['gap_ms']} ms at {g['at_ms']} ms after {g['after']}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"command": "python3 " + " ".join(sys.argv), "traces": results}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
