@@ -72,10 +72,13 @@ def splits(server: Server) -> dict:
     return {m.group(1): float(m.group(2)) for m in SPLIT.finditer(server.get("/metrics"))}
 
 
+SERVER_EXTRA: list[str] = []  # --server-args, appended to every server's flags
+
+
 def server_flags(model: str, dp: int, tbo_comm: str | None, extra: list[str]) -> list[str]:
     """`tbo_comm` None: without TBO; else with TBO over that `--atom-tbo-comm` transport."""
     flags = ["--model-path", model, "--tp", str(dp), "--dp", str(dp), "--enable-dp-attention",
-             "--backend", "atom", "--atom-admission", "off", "--enable-metrics", *extra]
+             "--backend", "atom", "--atom-admission", "off", "--enable-metrics", *extra, *SERVER_EXTRA]
     if tbo_comm:
         flags += ["--enable-two-batch-overlap", "--atom-tbo-comm", tbo_comm]
     return flags
@@ -243,7 +246,10 @@ def main() -> int:
                     help="--atom-tbo-comm of the TBO servers; perf runs one TBO server per listed value, "
                          "check the first")
     ap.add_argument("--start-timeout", type=float, default=400)
+    ap.add_argument("--server-args", default="",
+                    help="more flags for every server, e.g. '--watchdog-timeout 60' so a hang dumps stacks")
     args = ap.parse_args()
+    SERVER_EXTRA[:] = args.server_args.split()
     os.makedirs(args.out, exist_ok=True)
     out = provenance()
     try:

@@ -135,6 +135,9 @@ def summary(cfg: AtomConfig, setup: ServingSetup, plan: PlatformPlan) -> str:
         # say it where operators look: the first measurements have it slower than without
         tbo = (f"tbo=prefill over all_gather/reduce_scatter by {cfg.tbo_comm} (experimental: slower "
                f"than without it in the 2xH200 measurements, see README)")
+        if cfg.tbo_comm == "copy-engine":
+            tbo += (" [copy-engine is UNVERIFIED in serving: its only served run answered nothing "
+                    "within 4 minutes; use --atom-tbo-comm nccl unless you are testing it]")
     elif not setup.two_batch_overlap:
         tbo = "tbo=off (--enable-two-batch-overlap not given)"
     else:

@@ -155,7 +155,9 @@ def test_copy_engine_transport_needs_cuda_and_one_node():
                       disaggregation_mode="null")
     ce = AtomConfig(backend="atom", tbo_comm="copy-engine")
     check(ce, on, "cuda")
-    assert "by copy-engine" in summary(ce, on, plan("cuda"))
+    line = summary(ce, on, plan("cuda"))
+    assert "by copy-engine" in line and "copy-engine is UNVERIFIED in serving" in line
+    assert "UNVERIFIED" not in summary(AtomConfig(backend="atom"), on, plan("cuda"))
     with pytest.raises(AtomConfigError, match=re.escape("needs CUDA GPUs (PyTorch symmetric memory), "
                                                         "but this is rocm; pass --atom-tbo-comm nccl.")):
         check(ce, on, "rocm")
