@@ -107,8 +107,11 @@ class AtomPolicy:
     name = "atom"
     continues_chunks_when_held = False  # the policy itself decides about chunks (chunked rule)
 
-    def __init__(self, params: PolicyParams):
+    def __init__(self, params: PolicyParams, state_lag_passes: int = 1):
         self.params, self.state, self.reasons = params, EpisodeState(), {}
+        # 1 as in production: the states ride on SGLang's DP sync of the previous pass, taken
+        # after that pass chose its batch (integration/admission.py); 0: fresh states each pass.
+        self.state_lag_passes = state_lag_passes
 
     def fire(self, ranks: list[RankState]) -> bool:
         decision, self.state = decide(ranks, self.state, self.params)
@@ -124,6 +127,7 @@ class Req:
     output_len: int
     prefilled: int = 0
     ttft_ms: float = 0.0
+    synced: bool = False  # seen by a DP sync: a lagged policy's decision covers it
 
 
 @dataclass
@@ -149,6 +153,23 @@ class Workload:
 WORKLOADS = {"1k1k": Workload("1k1k", 1024, 1024), "8k1k": Workload("8k1k", 8192, 1024)}
 
 
+def rank_state(r: Rank, now: float, budget: int, kv_tokens: int, batch=None) -> RankState:
+    """A rank's admission state; with `batch` (this pass's prefill, list of (req, tokens)), as
+    it stands after the batch was chosen."""
+    pending = sum(q.input_len for q in r.waiting)
+    chunked = r.chunked is not None
+    if r.chunked:
+        pending += r.chunked.input_len - r.chunked.prefilled
+    for q, take in batch or ():
+        rest = q.input_len - q.prefilled - take
+        if rest > 0:
+            pending, chunked = pending + rest, True
+    used = sum(q.input_len + q.output_len for _, _, q in r.running)
+    return RankState(len(r.waiting), min(pending, 4 * budget), len(r.running),
+                     min(1000, int(1000 * used / kv_tokens)), int(chunked),
+                     int(now - r.waiting[0].arrival_ms) if r.waiting else 0, budget)
+
+
 def simulate(policy, dp: int, workload: Workload, model: StepModel, concurrency_per_rank: int = 32,
              requests_per_client: int = 3, budget: int = 8192, kv_tokens: int = 400_000,
              arrival: str = "closed", rate_per_rank_s: float = 0.0, seed: int = 0) -> dict:
@@ -172,21 +193,19 @@ def simulate(policy, dp: int, workload: Workload, model: StepModel, concurrency_
             send(0.0)
     passes = mixed = busy = idle_rank_steps = holds = 0
     pad = []
+    synced: list[RankState] = []  # nothing gathered before the first pass
     while len(done) < total:
         if arrival == "poisson":
             while sent < total and poisson_next <= now:
                 send(poisson_next)
                 poisson_next += rng.expovariate(rate_per_rank_s * dp / 1000.0)
-        states = []
-        for r in ranks:
-            pending = sum(q.input_len for q in r.waiting)
-            if r.chunked:
-                pending += r.chunked.input_len - r.chunked.prefilled
-            used = sum(q.input_len + q.output_len for _, _, q in r.running)
-            states.append(RankState(len(r.waiting), min(pending, 4 * budget), len(r.running),
-                                    min(1000, int(1000 * used / kv_tokens)), int(r.chunked is not None),
-                                    int(now - r.waiting[0].arrival_ms) if r.waiting else 0, budget))
-        fire = policy.fire(states)
+        states = [rank_state(r, now, budget, kv_tokens) for r in ranks]
+        lagged = getattr(policy, "state_lag_passes", 0) > 0
+        if not lagged:
+            for r in ranks:
+                for q in r.waiting:
+                    q.synced = True
+        fire = policy.fire(synced if lagged else states)
         holds += int(not fire and any(s.has_prefill for s in states))
         # Each rank: prefill (if allowed and it has work), else decode, else idle.
         tokens, extends = [], []
@@ -199,16 +218,25 @@ def simulate(policy, dp: int, workload: Workload, model: StepModel, concurrency_
                     batch.append((r.chunked, take))
                     left -= take
                     r.chunked = None
-                while left > 0 and r.waiting and not (chunk_only and not fire):
+                # A fire admits what the decision saw: requests that arrived after the last
+                # sync wait for the next pass's decision (the waiting list is in arrival order).
+                while left > 0 and r.waiting and r.waiting[0].synced and not (chunk_only and not fire):
                     q = r.waiting.pop(0)
                     take = min(left, q.input_len - q.prefilled)
                     batch.append((q, take))
                     left -= take
-                tokens.append(budget - left)
-                extends.append(batch)
-            else:
-                tokens.append(len(r.running))
-                extends.append(None)
+                if batch:
+                    tokens.append(budget - left)
+                    extends.append(batch)
+                    continue
+            tokens.append(len(r.running))  # decode (or idle)
+            extends.append(None)
+        # What the DP sync of this pass carries to the next decision: each rank after choosing
+        # its batch (waiting requests left, the part of a chunked request still to come).
+        synced = [rank_state(r, now, budget, kv_tokens, batch) for r, batch in zip(ranks, extends)]
+        for r in ranks:
+            for q in r.waiting:
+                q.synced = True
         any_extend = any(e is not None for e in extends)
         step = model.step_ms(tokens, any_extend)
         if max(tokens) == 0 and not any_extend:
@@ -256,15 +284,16 @@ def simulate(policy, dp: int, workload: Workload, model: StepModel, concurrency_
     }
 
 
-def policies(params: PolicyParams):
-    return [NoPolicy(), SGLangDelayer(), AtomPolicy(params)]
+def policies(params: PolicyParams, state_lag_passes: int = 1):
+    return [NoPolicy(), SGLangDelayer(), AtomPolicy(params, state_lag_passes)]
 
 
-def run_matrix(dps, workloads, model, params: PolicyParams = PolicyParams(), **kwargs) -> list[dict]:
+def run_matrix(dps, workloads, model, params: PolicyParams = PolicyParams(), state_lag_passes: int = 1,
+               **kwargs) -> list[dict]:
     rows = []
     for wname in workloads:
         for dp in dps:
-            for policy in policies(params):
+            for policy in policies(params, state_lag_passes):
                 rows.append(simulate(policy, dp, WORKLOADS[wname], model, **kwargs))
     return rows
 
@@ -318,6 +347,9 @@ def main(argv=None) -> int:
     ap.add_argument("--target-fill", type=float, default=PolicyParams.target_fill)
     ap.add_argument("--stall-passes", type=int, default=PolicyParams.stall_passes)
     ap.add_argument("--max-hold-passes", type=int, default=PolicyParams.max_hold_passes)
+    ap.add_argument("--state-lag-passes", type=int, choices=(0, 1), default=1,
+                    help="1: the policy sees the states of the previous pass's DP sync, as in "
+                         "production; 0: fresh states each pass (the version before 2026-11-22's third session)")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     fitted, rms = fit_step_model()
@@ -325,7 +357,7 @@ def main(argv=None) -> int:
     params = PolicyParams(target_fill=args.target_fill, stall_passes=args.stall_passes,
                           max_hold_passes=args.max_hold_passes)
     rows = run_matrix([int(d) for d in args.dp.split(",")], args.workloads.split(","), model, params,
-                      concurrency_per_rank=args.concurrency_per_rank,
+                      state_lag_passes=args.state_lag_passes, concurrency_per_rank=args.concurrency_per_rank,
                       requests_per_client=args.requests_per_client, arrival=args.arrival,
                       rate_per_rank_s=args.rate_per_rank)
     meta = {"step_model": model.__dict__, "fit_rms_ms": round(rms, 2), "args": vars(args)}

@@ -7,8 +7,11 @@ gathers and read every DP rank's state back out of the gathered table. The next 
 `Scheduler.get_new_batch_prefill` (AROUND) runs the pure policy on those numbers, the same on
 every rank, and either calls SGLang's prefill path or returns no prefill batch so the rank decodes.
 
-The state is as of the end of the previous pass (after its admissions): requests that arrive
-in between are seen one pass later, by every rank alike.
+The state is as of the previous pass's sync, after that pass chose its batch. A fire admits
+only the requests each rank reported there; requests that arrived since wait one pass for a
+decision that has seen them. Without that rule a stale "nothing pending" would fire every time
+and let new arrivals through unaligned: in the simulator it erased the policy's whole effect
+(benchmarks/results/NOTES-admission.md).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class AdmissionController:
         self.params = cfg.policy_params(tbo_enabled)
         self.running_batch = None  # as left by this rank's last prefill decision
         self.gathered: list[RankState] = []  # every DP rank's state, from the last sync
+        self.reported: set = set()  # rids of this rank's waiting requests at the last sync
         self.state = EpisodeState()
         self.last_decision = None
         self.hold_started = 0.0
@@ -51,6 +55,7 @@ class AdmissionController:
         budget = scheduler.chunked_prefill_size or scheduler.max_prefill_tokens
         now = time.perf_counter()
         pending, oldest = 0, 0.0
+        self.reported = {req.rid for req in scheduler.waiting_queue}
         for req in scheduler.waiting_queue:
             pending += len(req.origin_input_ids)
             entered = req.time_stats.wait_queue_entry_time
@@ -96,11 +101,24 @@ def around_get_new_batch_prefill(original, scheduler, running_batch, *args, **kw
     if controller is None:
         return original(scheduler, running_batch, *args, **kwargs)
     if controller.step():
-        plan = original(scheduler, running_batch, *args, **kwargs)
+        plan = _prefill_reported(controller, original, scheduler, running_batch, *args, **kwargs)
     else:
         plan = NextBatchPlan(batch_to_run=None, running_batch=running_batch)
     controller.running_batch = plan.running_batch
     return plan
+
+
+def _prefill_reported(controller, original, scheduler, running_batch, *args, **kwargs):
+    """SGLang's prefill path over the waiting requests this rank reported at the last sync; the
+    ones that arrived since go back to the queue, in order, for the next decision."""
+    later = [req for req in scheduler.waiting_queue if req.rid not in controller.reported]
+    if not later:
+        return original(scheduler, running_batch, *args, **kwargs)
+    scheduler.waiting_queue = [req for req in scheduler.waiting_queue if req.rid in controller.reported]
+    try:
+        return original(scheduler, running_batch, *args, **kwargs)
+    finally:
+        scheduler.waiting_queue.extend(later)
 
 
 def around_local_tensor(original, info, device, dtype=torch.int64):

@@ -89,6 +89,8 @@ def worker(rank, server_args, init_file, passes, seed, out_queue):
             batch.append(req)
         if not batch and sched.waiting_queue:  # the head is larger than a chunk: take it whole
             batch.append(sched.waiting_queue.pop(0))
+        # a fire admits only what this rank reported at the last sync (what the decision saw)
+        assert all(req.rid in sched._atom_admission.reported for req in batch), "unreported admitted"
         running_batch.reqs.extend(batch)
         admitted.append(len(batch))
         return (SimpleNamespace(reqs=batch) if batch else None), running_batch
@@ -101,6 +103,7 @@ def worker(rank, server_args, init_file, passes, seed, out_queue):
         if rank != WORLD - 1 and rng.random() < 0.3:  # the last rank never gets a request
             for _ in range(rng.randint(1, 3)):
                 sched.waiting_queue.append(SimpleNamespace(
+                    rid=f"{rank}-{step}-{len(sched.waiting_queue)}",
                     origin_input_ids=[0] * rng.randint(50, 3000),
                     time_stats=SimpleNamespace(wait_queue_entry_time=time.perf_counter()),
                     prefix_indices=[]))
