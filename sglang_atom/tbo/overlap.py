@@ -37,6 +37,21 @@ class LayerOps(Protocol):
     def combine(self, mb: int, layer: int, local: torch.Tensor) -> None: ...  # reduced local rows
 
 
+class Transport(Protocol):
+    """Moves one micro-batch's rows between ranks: `OverlapComm` (c10d collectives) or
+    `copy_engine.CopyEngineComm` (copies into peer-mapped symmetric memory)."""
+
+    def set_rows(self, mb: int, rows_per_rank: list[int]) -> None: ...
+
+    def issue_gather(self, mb: int, local: torch.Tensor) -> None: ...
+
+    def wait_gather(self, mb: int) -> torch.Tensor: ...
+
+    def issue_scatter(self, mb: int, partial: torch.Tensor) -> None: ...
+
+    def wait_scatter(self, mb: int) -> torch.Tensor: ...
+
+
 class RowsAndBuffers:
     """What every transport shares: the rows of each micro-batch on every rank (the same list on
     every rank, set once per forward) and persistent local buffers that only grow."""
@@ -106,7 +121,7 @@ class OverlapComm(RowsAndBuffers):
         return out[: self.rows[mb][self.rank]]
 
 
-def micro_batch_program(mb: int, num_layers: int, ops: LayerOps, comm: OverlapComm) -> Iterator[str]:
+def micro_batch_program(mb: int, num_layers: int, ops: LayerOps, comm: Transport) -> Iterator[str]:
     """One micro-batch's MoE layers as a generator that yields after issuing each collective."""
     for layer in range(num_layers):
         comm.issue_gather(mb, ops.attention(mb, layer))
