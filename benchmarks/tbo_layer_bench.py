@@ -220,6 +220,17 @@ def worker(rank, world, args, init_file, queue):
         # instead of queueing behind every CTA of the GEMM that is running.
         opts = dist.ProcessGroupNCCL.Options(is_high_priority_stream=True)
         group = dist.new_group(list(range(world)), backend="nccl", pg_options=opts)
+    if cuda and args.prior_symm_alloc:
+        # What SGLang 0.5.17's custom all-reduce v2 does at start-up, before any TBO forward: a
+        # symmetric allocation on another group of the same ranks (empty_strided_p2p with the
+        # group's name, rendezvous, barrier). Reproduces that state for the copy-engine transport.
+        from torch._C._distributed_c10d import _SymmetricMemory
+
+        other = dist.new_group(list(range(world)), backend="gloo")
+        prior = _SymmetricMemory.empty_strided_p2p((1 << 20,), [1], torch.uint8, device, other.group_name)
+        _SymmetricMemory.rendezvous(prior)
+        torch.cuda.synchronize()
+        dist.barrier(group=other)
     rows = []
     for comm_kind in args.comm.split(","):
         for name in args.shapes.split(","):
@@ -251,6 +262,9 @@ def main() -> int:
                     help="priority of the NCCL stream the collectives run on")
     ap.add_argument("--profile", default="", help="write rank 0's chrome traces of one overlapped "
                     "and one serial forward per cell into this folder")
+    ap.add_argument("--prior-symm-alloc", action="store_true",
+                    help="first make a symmetric allocation on another group of the same ranks, as "
+                         "SGLang's custom all-reduce does (diagnoses the copy-engine serving stop)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, to check the script runs")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
