@@ -24,6 +24,12 @@ from dataclasses import dataclass, field
 
 
 # ----------------------------------------------------------------------------- server
+def post_json(url: str, body: dict, timeout: float = 600) -> str:
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.read().decode()
+
+
 def wait_http(url: str, proc: subprocess.Popen, timeout: float, what: str) -> None:
     """Poll `url` until it answers 200; fail early if `proc` (the process serving it) exits."""
     deadline = time.time() + timeout
@@ -67,6 +73,9 @@ class Server:
     def get(self, path: str) -> str:
         with urllib.request.urlopen(self.url + path, timeout=10) as r:
             return r.read().decode()
+
+    def post(self, path: str, body: dict) -> str:
+        return post_json(self.url + path, body)
 
     def __exit__(self, *exc):
         if self.proc and self.proc.poll() is None:

@@ -39,13 +39,12 @@ import re
 import statistics
 import sys
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import random_checkpoint  # noqa: E402
 import trace_summary  # noqa: E402
 from serve_smoke import BASE_FLAGS  # noqa: E402
-from serving import Server, provenance, record_json  # noqa: E402
+from serving import Server, post_json, provenance, record_json  # noqa: E402
 
 SPLIT = re.compile(r'sglang:atom_tbo_prefill_passes_total\{split="(yes|no)"\} ([0-9.e+]+)')
 
@@ -55,10 +54,7 @@ def generate(url: str, ids: list[int], rank: int, max_new: int, logprobs: bool) 
             "sampling_params": {"temperature": 0.0, "max_new_tokens": max_new, "ignore_eos": True}}
     if logprobs:
         body.update(return_logprob=True, logprob_start_len=0)
-    req = urllib.request.Request(url + "/generate", json.dumps(body).encode(),
-                                 {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=600) as r:
-        return json.loads(r.read())
+    return json.loads(post_json(url + "/generate", body))
 
 
 def wave(url: str, prompts: list[tuple[int, list[int]]], max_new: int, logprobs: bool) -> list[dict]:
@@ -150,80 +146,81 @@ def _compare(a: dict, b: dict) -> dict:
             "logprob_mean_abs_diff": round(statistics.fmean(diffs), 6)}
 
 
+def prefill_servers(args, out: dict, model: str, tokens_per_rank: int):
+    """The plain server, then one TBO server per `--tbo-comm` transport, each in turn: yields
+    (model name, transport or None, server, label) with dummy weights and a prefill budget of
+    `tokens_per_rank` on every rank."""
+    name = os.path.basename(model.rstrip("/"))
+    budget = str(tokens_per_rank * args.dp)
+    for tbo_comm in [None, *args.tbo_comm.split(",")]:
+        flags = server_flags(model, args.dp, tbo_comm, [*BASE_FLAGS, "--chunked-prefill-size", budget,
+                                                        "--max-prefill-tokens", budget])
+        with serving(args, out, name, tbo_comm, flags) as (server, label):
+            yield name, tbo_comm, server, label
+
+
+def fresh_prompts(rng: random.Random, dp: int, tokens: int) -> list[tuple[int, list[int]]]:
+    """One prompt of `tokens` random ids per rank (fresh ids: no radix-cache hits)."""
+    return [(r, [rng.randrange(3, 30000) for _ in range(tokens)]) for r in range(dp)]
+
+
 def perf(args, out: dict) -> None:
     dp = args.dp
     tokens = [int(t) for t in args.tokens.split(",")]
     for model in args.models.split(","):
-        name = os.path.basename(model.rstrip("/"))
-        budget = max(tokens) * dp
-        for tbo_comm in [None, *args.tbo_comm.split(",")]:
-            flags = server_flags(model, dp, tbo_comm, [*BASE_FLAGS, "--chunked-prefill-size", str(budget),
-                                                       "--max-prefill-tokens", str(budget)])
-            with serving(args, out, name, tbo_comm, flags) as (server, label):
-                rng = random.Random(1)
-                rows = out.setdefault("runs", [])
-                for t in tokens:
-                    times = []
-                    # Warm-up waves are excluded: the first compiles kernels, and arrival jitter can
-                    # give a wave a batch shape (one rank alone) that compiles another.
-                    for rep in range(args.warmup + args.repeats):
-                        prompts = [(r, [rng.randrange(3, 30000) for _ in range(t)]) for r in range(dp)]
-                        t0 = time.perf_counter()
-                        wave(server.url, prompts, 1, False)
-                        if rep >= args.warmup:
-                            times.append(time.perf_counter() - t0)
-                    med = statistics.median(times)
-                    rows.append({"model": name, "tbo": bool(tbo_comm), "tbo_comm": tbo_comm,
-                                 "tokens_per_rank": t, "times_s": times,
-                                 "median_s": round(med, 4), "prefill_tok_s": round(t * dp / med)})
-                    print(f"   {label} {t} tok/rank: {med * 1000:.1f} ms, {t * dp / med:.0f} tok/s", flush=True)
-                    record_json(os.path.join(args.out, "tbo_perf.json"), out)
+        for name, tbo_comm, server, label in prefill_servers(args, out, model, max(tokens)):
+            rng = random.Random(1)
+            rows = out.setdefault("runs", [])
+            for t in tokens:
+                times = []
+                # Warm-up waves are excluded: the first compiles kernels, and arrival jitter can
+                # give a wave a batch shape (one rank alone) that compiles another.
+                for rep in range(args.warmup + args.repeats):
+                    prompts = fresh_prompts(rng, dp, t)
+                    t0 = time.perf_counter()
+                    wave(server.url, prompts, 1, False)
+                    if rep >= args.warmup:
+                        times.append(time.perf_counter() - t0)
+                med = statistics.median(times)
+                rows.append({"model": name, "tbo": bool(tbo_comm), "tbo_comm": tbo_comm,
+                             "tokens_per_rank": t, "times_s": times,
+                             "median_s": round(med, 4), "prefill_tok_s": round(t * dp / med)})
+                print(f"   {label} {t} tok/rank: {med * 1000:.1f} ms, {t * dp / med:.0f} tok/s", flush=True)
+                record_json(os.path.join(args.out, "tbo_perf.json"), out)
     speedups = {}
     for r in out.get("runs", []):
         if r["tbo"]:
             base = next((x for x in out["runs"] if x["model"] == r["model"] and not x["tbo"]
                          and x["tokens_per_rank"] == r["tokens_per_rank"]), None)
             if base:
-                key = f"{r['model']}@{r['tokens_per_rank']}@{r.get('tbo_comm') or 'nccl'}"
+                key = f"{r['model']}@{r['tokens_per_rank']}@{r['tbo_comm']}"
                 speedups[key] = round(base["median_s"] / r["median_s"], 3)
     out["speedup_off_over_on"] = speedups
     print("speedups", speedups, flush=True)
 
 
-def post(server: Server, path: str, body: dict) -> str:
-    req = urllib.request.Request(server.url + path, json.dumps(body).encode(),
-                                 {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=600) as r:
-        return r.read().decode()
-
-
 def profile(args, out: dict) -> None:
     dp, t = args.dp, int(args.tokens.split(",")[0])
     for model in args.models.split(","):
-        name = os.path.basename(model.rstrip("/"))
-        for tbo_comm in [None, *args.tbo_comm.split(",")]:
-            flags = server_flags(model, dp, tbo_comm, [*BASE_FLAGS, "--chunked-prefill-size", str(t * dp),
-                                                       "--max-prefill-tokens", str(t * dp)])
-            with serving(args, out, name, tbo_comm, flags) as (server, label):
-                rng = random.Random(1)
-                prompts = lambda: [(r, [rng.randrange(3, 30000) for _ in range(t)]) for r in range(dp)]  # noqa: E731
-                for _ in range(args.warmup):
-                    wave(server.url, prompts(), 1, False)
-                trace_dir = os.path.abspath(os.path.join(args.out, f"trace_{label}"))
-                post(server, "/start_profile", {"output_dir": trace_dir, "activities": ["CPU", "GPU"]})
-                t0 = time.perf_counter()
-                wave(server.url, prompts(), 1, False)
-                wave_s = time.perf_counter() - t0
-                post(server, "/stop_profile", {})
-                deadline = time.time() + 120  # the ranks export their traces after stop
-                while time.time() < deadline and not _tp0_trace(trace_dir):
-                    time.sleep(2)
-                path = _tp0_trace(trace_dir)
-                out.setdefault("profiles", {})[label] = {
-                    "tokens_per_rank": t, "wave_s": round(wave_s, 4), "trace": path,
-                    "summary": trace_summary.summarize(trace_summary.load(path)) if path else None}
-                print(f"   {label}: profiled wave {wave_s * 1000:.1f} ms, trace {path}", flush=True)
-                record_json(os.path.join(args.out, "tbo_profile.json"), out)
+        for _, _, server, label in prefill_servers(args, out, model, t):
+            rng = random.Random(1)
+            for _ in range(args.warmup):
+                wave(server.url, fresh_prompts(rng, dp, t), 1, False)
+            trace_dir = os.path.abspath(os.path.join(args.out, f"trace_{label}"))
+            server.post("/start_profile", {"output_dir": trace_dir, "activities": ["CPU", "GPU"]})
+            t0 = time.perf_counter()
+            wave(server.url, fresh_prompts(rng, dp, t), 1, False)
+            wave_s = time.perf_counter() - t0
+            server.post("/stop_profile", {})
+            deadline = time.time() + 120  # the ranks export their traces after stop
+            while time.time() < deadline and not _tp0_trace(trace_dir):
+                time.sleep(2)
+            path = _tp0_trace(trace_dir)
+            out.setdefault("profiles", {})[label] = {
+                "tokens_per_rank": t, "wave_s": round(wave_s, 4), "trace": path,
+                "summary": trace_summary.summarize(trace_summary.load(path)) if path else None}
+            print(f"   {label}: profiled wave {wave_s * 1000:.1f} ms, trace {path}", flush=True)
+            record_json(os.path.join(args.out, "tbo_profile.json"), out)
 
 
 def _tp0_trace(trace_dir: str) -> str | None:
