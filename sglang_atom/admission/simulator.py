@@ -170,6 +170,13 @@ def rank_state(r: Rank, now: float, budget: int, kv_tokens: int, batch=None) -> 
                      int(now - r.waiting[0].arrival_ms) if r.waiting else 0, budget)
 
 
+def mark_synced(ranks: list[Rank]) -> None:
+    """Every waiting request is now in the states a decision will see."""
+    for r in ranks:
+        for q in r.waiting:
+            q.synced = True
+
+
 def simulate(policy, dp: int, workload: Workload, model: StepModel, concurrency_per_rank: int = 32,
              requests_per_client: int = 3, budget: int = 8192, kv_tokens: int = 400_000,
              arrival: str = "closed", rate_per_rank_s: float = 0.0, seed: int = 0) -> dict:
@@ -202,9 +209,7 @@ def simulate(policy, dp: int, workload: Workload, model: StepModel, concurrency_
         states = [rank_state(r, now, budget, kv_tokens) for r in ranks]
         lagged = getattr(policy, "state_lag_passes", 0) > 0
         if not lagged:
-            for r in ranks:
-                for q in r.waiting:
-                    q.synced = True
+            mark_synced(ranks)
         fire = policy.fire(synced if lagged else states)
         holds += int(not fire and any(s.has_prefill for s in states))
         # Each rank: prefill (if allowed and it has work), else decode, else idle.
@@ -234,9 +239,7 @@ def simulate(policy, dp: int, workload: Workload, model: StepModel, concurrency_
         # What the DP sync of this pass carries to the next decision: each rank after choosing
         # its batch (waiting requests left, the part of a chunked request still to come).
         synced = [rank_state(r, now, budget, kv_tokens, batch) for r, batch in zip(ranks, extends)]
-        for r in ranks:
-            for q in r.waiting:
-                q.synced = True
+        mark_synced(ranks)
         any_extend = any(e is not None for e in extends)
         step = model.step_ms(tokens, any_extend)
         if max(tokens) == 0 and not any_extend:
