@@ -41,7 +41,7 @@ import torch.multiprocessing as mp
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from serving import provenance, record_json  # noqa: E402
-from sglang_atom.tbo.overlap import OverlapComm, micro_batch_program, run_interleaved  # noqa: E402
+from sglang_atom.tbo.overlap import make_transport, micro_batch_program, run_interleaved  # noqa: E402
 
 SHAPES = {
     # name: hidden, moe_intermediate, top_k, attention heads x head_dim, kv heads
@@ -100,14 +100,6 @@ def timed(fn, device, iters):
     return statistics.median(times)
 
 
-def make_comm(kind, group, hidden, device, dtype):
-    if kind == "copy-engine":
-        from sglang_atom.tbo.copy_engine import CopyEngineComm
-
-        return CopyEngineComm(group, hidden, dtype, device)
-    return OverlapComm(group, hidden, dtype, device)
-
-
 def check(comm_kind, group, shape, world, rank, device, dtype, layers):
     """Overlapped two micro-batches must give the serial whole batch's output, on rows that
     differ in number and content per rank (pad rows included)."""
@@ -116,7 +108,7 @@ def check(comm_kind, group, shape, world, rank, device, dtype, layers):
     split = StandInOps(shape, world, rank, [halves[0][rank], halves[1][rank]], device, dtype)
     whole = StandInOps(shape, world, rank, [tokens[rank]], device, dtype)
     whole.x[0] = torch.cat([split.x[0], split.x[1]]).clone()
-    comm, whole_comm = (make_comm(comm_kind, group, shape["hidden"], device, dtype) for _ in range(2))
+    comm, whole_comm = (make_transport(comm_kind, group, shape["hidden"], dtype, device) for _ in range(2))
     for mb in (0, 1):
         comm.set_rows(mb, halves[mb])
     whole_comm.set_rows(0, tokens)
@@ -135,10 +127,10 @@ def measure(comm_kind, group, shape, world, rank, tokens, layers, device, dtype,
     halves = [tokens // 2, tokens - tokens // 2]
     ops = StandInOps(shape, world, rank, halves, device, dtype)
     whole = StandInOps(shape, world, rank, [tokens], device, dtype)
-    comm = make_comm(comm_kind, group, shape["hidden"], device, dtype)
+    comm = make_transport(comm_kind, group, shape["hidden"], dtype, device)
     for mb, t in enumerate(halves):
         comm.set_rows(mb, [t] * world)
-    whole_comm = make_comm(comm_kind, group, shape["hidden"], device, dtype)
+    whole_comm = make_transport(comm_kind, group, shape["hidden"], dtype, device)
     whole_comm.set_rows(0, [tokens] * world)
     # random, not zeros: GEMMs on zeros can run faster than on real data
     gathered = {mb: torch.randn(t * world, shape["hidden"], device=device, dtype=dtype)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from ..tbo.overlap import OverlapComm, micro_batch_program, run_interleaved
+from ..tbo.overlap import make_transport, micro_batch_program, run_interleaved
 from ..tbo.split import agree_split, micro_batch_rows, seq_cut
 from . import moe_layers
 
@@ -96,12 +96,7 @@ def _comm(kind: str, hidden: int, dtype, device):
     """One transport and one set of persistent buffers per process (per hidden size/dtype)."""
     from sglang.srt.distributed.parallel_state import get_tp_group
 
-    group = get_tp_group().device_group
-    if kind == "copy-engine":
-        from ..tbo.copy_engine import CopyEngineComm
-
-        return CopyEngineComm(group, hidden, dtype, device)
-    return OverlapComm(group, hidden, dtype, device)
+    return make_transport(kind, get_tp_group().device_group, hidden, dtype, device)
 
 
 def make_forward(comm_kind: str):

@@ -121,6 +121,15 @@ class OverlapComm(RowsAndBuffers):
         return out[: self.rows[mb][self.rank]]
 
 
+def make_transport(kind: str, group, hidden: int, dtype: torch.dtype, device) -> Transport:
+    """`--atom-tbo-comm` value -> transport: "nccl" (c10d collectives) or "copy-engine"."""
+    if kind == "copy-engine":
+        from .copy_engine import CopyEngineComm  # CUDA only; imports this module
+
+        return CopyEngineComm(group, hidden, dtype, device)
+    return OverlapComm(group, hidden, dtype, device)
+
+
 def micro_batch_program(mb: int, num_layers: int, ops: LayerOps, comm: Transport) -> Iterator[str]:
     """One micro-batch's MoE layers as a generator that yields after issuing each collective."""
     for layer in range(num_layers):
