@@ -39,6 +39,11 @@ def process_config() -> AtomConfig:
     return AtomConfig.from_env()
 
 
+def _env_flag(name: str) -> bool:
+    """An SGLang boolean environment variable, read as SGLang reads it ("1"/"true")."""
+    return os.environ.get(name, "").lower() in ("1", "true")
+
+
 def serving_setup(server_args, architecture: str | None) -> ServingSetup:
     return ServingSetup(
         architecture=architecture,
@@ -55,9 +60,9 @@ def serving_setup(server_args, architecture: str | None) -> ServingSetup:
         expert_balancing=bool(server_args.enable_eplb)
         or server_args.expert_distribution_recorder_mode is not None,
         ep_size=int(server_args.ep_size),
-        shared_expert_tp1=os.environ.get("SGLANG_SHARED_EXPERT_TP1", "").lower() in ("1", "true"),
+        shared_expert_tp1=_env_flag("SGLANG_SHARED_EXPERT_TP1"),
         nnodes=int(server_args.nnodes),
-        dp_sync_skipped=os.environ.get("SGLANG_SCHEDULER_SKIP_ALL_GATHER", "").lower() in ("1", "true"),
+        dp_sync_skipped=_env_flag("SGLANG_SCHEDULER_SKIP_ALL_GATHER"),
     )
 
 
