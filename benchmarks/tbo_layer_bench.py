@@ -42,6 +42,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from serving import provenance, record_json  # noqa: E402
 from sglang_atom.tbo.overlap import make_transport, micro_batch_program, run_interleaved  # noqa: E402
+from sglang_atom.tbo.split import micro_batch_rows  # noqa: E402
 
 SHAPES = {
     # name: hidden, moe_intermediate, top_k, attention heads x head_dim, kv heads
@@ -104,7 +105,7 @@ def check(comm_kind, group, shape, world, rank, device, dtype, layers):
     """Overlapped two micro-batches must give the serial whole batch's output, on rows that
     differ in number and content per rank (pad rows included)."""
     tokens = [96 - 13 * r for r in range(world)]
-    halves = [[t // 2 for t in tokens], [t - t // 2 for t in tokens]]
+    halves = micro_batch_rows(tokens)  # the token-even rule the serving path uses
     split = StandInOps(shape, world, rank, [halves[0][rank], halves[1][rank]], device, dtype)
     whole = StandInOps(shape, world, rank, [tokens[rank]], device, dtype)
     whole.x[0] = torch.cat([split.x[0], split.x[1]]).clone()
