@@ -35,6 +35,8 @@ CONFIGS = {
     "delayer": ["--enable-prefill-delayer"],
     "atom": ["--backend", "atom"],
     "atom_fill02": ["--backend", "atom", "--atom-admission-target-fill", "0.2"],
+    # lets the policy hold for up to 2 passes while a chunked prefill is in progress somewhere
+    "atom_chunk2": ["--backend", "atom", "--atom-admission-chunked-max-hold-passes", "2"],
     # plain SGLang scheduling plus sglang-atom's observer: the padding-ratio baseline
     "observe": ["--backend", "atom", "--atom-admission", "off"],
     # DeepEP expert parallelism with SGLang's own two-batch overlap (needs deep_ep installed)
