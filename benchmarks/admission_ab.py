@@ -20,6 +20,7 @@ so the run ends inside the device's limit.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import sys
@@ -39,9 +40,23 @@ CONFIGS = {
     "atom_chunk2": ["--backend", "atom", "--atom-admission-chunked-max-hold-passes", "2"],
     # plain SGLang scheduling plus sglang-atom's observer: the padding-ratio baseline
     "observe": ["--backend", "atom", "--atom-admission", "off"],
-    # DeepEP expert parallelism with SGLang's own two-batch overlap (needs deep_ep installed)
-    "deepep_tbo": ["--moe-a2a-backend", "deepep", "--enable-two-batch-overlap"],
+    # DeepEP expert parallelism with SGLang's own two-batch overlap. SGLang 0.5.17 runs unquantized
+    # (bf16) experts behind DeepEP only through DeepGEMM's runner (ep_moe/layer.py), in either mode.
+    "deepep_tbo": ["--moe-a2a-backend", "deepep", "--moe-runner-backend", "deep_gemm",
+                   "--enable-two-batch-overlap"],
+    # the same with DeepEP built without NVSHMEM (intranode normal kernels only); SGLang then
+    # turns CUDA graphs off, since normal mode cannot be captured
+    "deepep_tbo_normal": ["--moe-a2a-backend", "deepep", "--deepep-mode", "normal",
+                          "--moe-runner-backend", "deep_gemm", "--enable-two-batch-overlap"],
 }
+
+# Python packages a config's server needs beyond SGLang: checked before starting it.
+REQUIRES = {"deepep_tbo": ("deep_ep", "deep_gemm"), "deepep_tbo_normal": ("deep_ep", "deep_gemm")}
+
+
+def missing_packages(config: str) -> list[str]:
+    return [m for m in REQUIRES.get(config, ()) if importlib.util.find_spec(m) is None]
+
 
 SCENARIOS = {
     "admission-dp4": dict(model="models/qwen3-moe-tiny", tp=4, dp=4, workloads="short,8k1k",
@@ -126,6 +141,12 @@ def main() -> int:
     for ci, name in enumerate(args.configs.split(",")):
         if time.time() - t0 > args.deadline_s:
             result["skipped"].append(name)
+            continue
+        missing = missing_packages(name)
+        if missing:
+            reason = f"needs {', '.join(missing)}, not importable by {sys.executable}"
+            result["failed_configs"] = {**result.get("failed_configs", {}), name: reason}
+            print(f"== {name}: not run: {reason}", flush=True)
             continue
         server_args = base + CONFIGS[name]
         print(f"== {name}: starting ({time.time() - t0:.0f} s elapsed)", flush=True)

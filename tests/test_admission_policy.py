@@ -62,7 +62,10 @@ def test_max_hold_fires():
 
 def test_chunked_continuation_is_held_at_most_its_limit():
     ranks = [rank(0, 3000, chunked=1), rank(1, 100)]
-    assert decide(ranks, EpisodeState(), P)[0].reason == FIRE_CHUNKED  # default 0: never held
+    never_held = PolicyParams(chunked_max_hold_passes=0)
+    assert decide(ranks, EpisodeState(), never_held)[0].reason == FIRE_CHUNKED
+    assert not decide(ranks, EpisodeState(held_passes=1, last_pending=0), P)[0].fire  # default 2
+    assert decide(ranks, EpisodeState(held_passes=2, last_pending=0), P)[0].reason == FIRE_CHUNKED
     params = PolicyParams(chunked_max_hold_passes=4)
     assert not decide(ranks, EpisodeState(held_passes=3, last_pending=0), params)[0].fire
     assert decide(ranks, EpisodeState(held_passes=4, last_pending=0), params)[0].reason == FIRE_CHUNKED

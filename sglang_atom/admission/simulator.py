@@ -144,13 +144,20 @@ class Workload:
     input_len: int
     output_len: int
     range_ratio: float = 0.8
+    output_range_ratio: float | None = None  # None: the same as range_ratio
 
     def draw(self, rng: random.Random) -> tuple[int, int]:
-        lo = lambda n: max(1, int(n * self.range_ratio))  # noqa: E731
-        return rng.randint(lo(self.input_len), self.input_len), rng.randint(lo(self.output_len), self.output_len)
+        out_ratio = self.range_ratio if self.output_range_ratio is None else self.output_range_ratio
+        return (rng.randint(max(1, int(self.input_len * self.range_ratio)), self.input_len),
+                rng.randint(max(1, int(self.output_len * out_ratio)), self.output_len))
 
 
-WORKLOADS = {"1k1k": Workload("1k1k", 1024, 1024), "8k1k": Workload("8k1k", 8192, 1024)}
+WORKLOADS = {
+    "1k1k": Workload("1k1k", 1024, 1024),
+    "8k1k": Workload("8k1k", 8192, 1024),
+    # the GPU A/B's short mix (benchmarks/serving.py): 800-2400 in, 64 out
+    "short": Workload("short", 2400, 64, range_ratio=1 / 3, output_range_ratio=1.0),
+}
 
 
 def rank_state(r: Rank, now: float, budget: int, kv_tokens: int, batch=None) -> RankState:
@@ -350,6 +357,9 @@ def main(argv=None) -> int:
     ap.add_argument("--target-fill", type=float, default=PolicyParams.target_fill)
     ap.add_argument("--stall-passes", type=int, default=PolicyParams.stall_passes)
     ap.add_argument("--max-hold-passes", type=int, default=PolicyParams.max_hold_passes)
+    ap.add_argument("--chunked-max-hold-passes", type=int, default=PolicyParams.chunked_max_hold_passes)
+    ap.add_argument("--budget", type=int, default=8192,
+                    help="prefill token budget per rank and pass (SGLang's per-rank chunked prefill size)")
     ap.add_argument("--state-lag-passes", type=int, choices=(0, 1), default=1,
                     help="1: the policy sees the states of the previous pass's DP sync, as in "
                          "production; 0: fresh states each pass (the version before 2026-11-22's third session)")
@@ -358,11 +368,12 @@ def main(argv=None) -> int:
     fitted, rms = fit_step_model()
     model = StepModel(fitted.c0_ms, fitted.k_ms, graph_decode_speedup=args.graph_decode_speedup)
     params = PolicyParams(target_fill=args.target_fill, stall_passes=args.stall_passes,
-                          max_hold_passes=args.max_hold_passes)
+                          max_hold_passes=args.max_hold_passes,
+                          chunked_max_hold_passes=args.chunked_max_hold_passes)
     rows = run_matrix([int(d) for d in args.dp.split(",")], args.workloads.split(","), model, params,
                       state_lag_passes=args.state_lag_passes, concurrency_per_rank=args.concurrency_per_rank,
                       requests_per_client=args.requests_per_client, arrival=args.arrival,
-                      rate_per_rank_s=args.rate_per_rank)
+                      rate_per_rank_s=args.rate_per_rank, budget=args.budget)
     meta = {"step_model": model.__dict__, "fit_rms_ms": round(rms, 2), "args": vars(args)}
     with open(os.path.join(args.out, "sim.json"), "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
