@@ -124,6 +124,7 @@ def summary(cfg: AtomConfig, setup: ServingSetup, plan: PlatformPlan) -> str:
     if admission_active(cfg, setup):
         admission = (f"admission=coalesce(target_fill={cfg.admission_target_fill}, "
                      f"align={int(cfg.admission_align)}, max_hold={cfg.admission_max_hold_passes} passes, "
+                     f"chunked_hold={cfg.admission_chunked_max_hold_passes} passes, "
                      f"max_wait={cfg.admission_max_wait_ms} ms)")
     elif cfg.admission == "off":
         admission = "admission=off (--atom-admission off)"
