@@ -135,7 +135,7 @@ def summary(cfg: AtomConfig, setup: ServingSetup, plan: PlatformPlan) -> str:
     if tbo_active(cfg, setup):
         # say it where operators look: the first measurements have it slower than without
         tbo = (f"tbo=prefill over all_gather/reduce_scatter by {cfg.tbo_comm} (experimental: slower "
-               f"than without it in the 2xH200 measurements, see README)")
+               f"than without it at 8k-16k tokens per rank on 2xH200 and 4xH200, see README)")
         if cfg.tbo_comm == "copy-engine":
             tbo += (" [copy-engine is UNVERIFIED in serving: its only served run answered nothing "
                     "within 4 minutes; use --atom-tbo-comm nccl unless you are testing it]")

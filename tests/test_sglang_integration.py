@@ -194,33 +194,66 @@ def test_environment_switch_conflicting_with_cli_is_refused():
     assert "SGLANG_ATOM_BACKEND=atom is set in the environment but --backend sglang was given" in proc.stderr
 
 
+def run_lockstep(seed: int, *extra: str) -> tuple[dict, str]:
+    """tests/drivers/admission_lockstep.py for 150 passes; checks what holds with or without TBO
+    and returns the ranks' results and the driver's stderr."""
+    proc = subprocess.run([sys.executable, str(ROOT / "tests/drivers/admission_lockstep.py"), QWEN,
+                           "150", str(seed), *extra], capture_output=True, text=True, timeout=400, cwd=ROOT)
+    out = last_json(proc)
+    assert out["exitcodes"] == [0, 0, 0, 0], proc.stderr[-4000:]
+    ranks = out["ranks"]
+    assert sorted(ranks) == ["0", "1", "2", "3"]
+    sequences = [ranks[r]["decisions"] for r in sorted(ranks)]
+    assert all(s == sequences[0] for s in sequences), "ranks diverged"
+    assert len(sequences[0]) == 150
+    holds = 0
+    for fire, _reason in sequences[0]:
+        holds = 0 if fire else holds + 1
+        assert holds <= 32
+    assert {reason for fire, reason in sequences[0] if not fire} <= {"align", "fill_wait"}
+    # the states reached the policy: it held on some passes (an empty table only ever fires)
+    assert any(not fire for fire, _ in sequences[0])
+    # one all_gather per pass on every rank: SGLang's DP sync, which carries the states
+    assert all(ranks[r]["all_gathers_per_pass"] == [1] for r in ranks)
+    assert proc.stderr.count("sglang-atom active: admission=coalesce(target_fill=0.7") == 1
+    assert "hooks verified in: launcher, scheduler" in proc.stderr
+    assert ranks["3"]["admitted"] == 0  # the idle rank joined every sync with nothing to do
+    assert all(ranks[r]["admitted"] > 0 for r in "012")
+    return ranks, proc.stderr
+
+
 def test_admission_decisions_stay_in_lockstep_on_four_gloo_ranks():
     """Real hooked Scheduler methods and SGLang's real per-pass DP sync on 4 gloo ranks, random
     workloads, one rank never loaded."""
     for seed in (1, 2):
-        proc = subprocess.run([sys.executable, str(ROOT / "tests/drivers/admission_lockstep.py"), QWEN,
-                               "150", str(seed)], capture_output=True, text=True, timeout=400, cwd=ROOT)
-        out = last_json(proc)
-        assert out["exitcodes"] == [0, 0, 0, 0], proc.stderr[-4000:]
-        ranks = out["ranks"]
-        assert sorted(ranks) == ["0", "1", "2", "3"]
-        sequences = [ranks[r]["decisions"] for r in sorted(ranks)]
-        assert all(s == sequences[0] for s in sequences), "ranks diverged"
-        assert len(sequences[0]) == 150
-        holds = 0
-        for fire, _reason in sequences[0]:
-            holds = 0 if fire else holds + 1
-            assert holds <= 32
-        assert {reason for fire, reason in sequences[0] if not fire} <= {"align", "fill_wait"}
-        # the states reached the policy: it held on some passes (an empty table only ever fires)
-        assert any(not fire for fire, _ in sequences[0])
-        # one all_gather per pass on every rank: SGLang's DP sync, which carries the states
-        assert all(ranks[r]["all_gathers_per_pass"] == [1] for r in ranks)
-        assert proc.stderr.count("sglang-atom active: admission=coalesce(target_fill=0.7") == 1
-        assert "tbo=off (--enable-two-batch-overlap not given)" in proc.stderr
-        assert "hooks verified in: launcher, scheduler" in proc.stderr
-        assert ranks["3"]["admitted"] == 0  # the idle rank joined every sync with nothing to do
-        assert all(ranks[r]["admitted"] > 0 for r in "012")
+        ranks, stderr = run_lockstep(seed)
+        assert "tbo=off (--enable-two-batch-overlap not given)" in stderr
+        assert not any(ranks[r]["tbo_aware"] for r in ranks)
+
+
+def test_admission_and_tbo_together_split_in_lockstep():
+    """Both on: the admitted prefill (else a decode) goes through SGLang's real DP sync, its TBO
+    preparer and sglang-atom's split agreement on 4 gloo ranks. Every rank must leave the sync
+    with the same split-or-not, splits only where every busy rank extends and the largest has
+    --atom-tbo-min-tokens, and admission must still decide in lockstep (checked by run_lockstep)."""
+    ranks, stderr = run_lockstep(1, "tbo")
+    assert "tbo=prefill over all_gather/reduce_scatter by nccl" in stderr
+    assert all(ranks[r]["tbo_aware"] for r in ranks)  # the policy's TBO rule is on
+    split_passes = extend_unsplit = 0
+    for p in range(150):
+        views = [ranks[r]["splits"][p] for r in sorted(ranks)]
+        if all(v is None for v in views):  # no rank had tokens: no forward at all
+            continue
+        assert None not in views, f"pass {p}: a rank left the sync without a batch while others ran"
+        assert all(v[0] == views[0][0] and v[2] == views[0][2] for v in views), f"pass {p}: {views}"
+        split, tokens = views[0][0], views[0][2]
+        modes = {v[1] for v in views}
+        if split:
+            split_passes += 1
+            assert modes <= {"EXTEND", "IDLE"} and max(tokens) >= 1024, f"pass {p}: {views}"
+        elif "EXTEND" in modes:
+            extend_unsplit += 1
+    assert split_passes > 0 and extend_unsplit > 0, (split_passes, extend_unsplit)
 
 
 def test_cuda_platform_defaults_are_applied_before_resolution():

@@ -10,7 +10,13 @@ pass, the hooked `Scheduler.get_new_batch_prefill` followed by SGLang's per-pass
 rank; the last rank never gets a request. Prints one JSON line: every rank's decision sequence,
 admitted counts, and the all_gathers per pass (admission must add none to SGLang's one).
 
-usage: python admission_lockstep.py MODEL_DIR PASSES SEED
+With `tbo` as the fourth argument the server also has `--enable-two-batch-overlap`: each pass
+then hands SGLang's sync the batch it would run (the admitted prefill, else a decode of the
+running requests, else nothing and an idle batch), and every rank records whether the hooked
+sync left its batch split, so the test can check that admission and TBO together still give
+every rank the same split decision.
+
+usage: python admission_lockstep.py MODEL_DIR PASSES SEED [tbo]
 """
 
 import json
@@ -26,7 +32,23 @@ import torch.multiprocessing as mp
 WORLD = 4
 
 
-def worker(rank, server_args, init_file, passes, seed, out_queue):
+def local_batch(prefill, running_reqs: int):
+    """The ScheduleBatch fields SGLang's DP sync reads: the admitted prefill, else a decode."""
+    from sglang.srt.model_executor.forward_batch_info import ForwardMode
+
+    if prefill is not None:
+        lens = [len(r.origin_input_ids) for r in prefill.reqs]
+        return SimpleNamespace(
+            forward_mode=ForwardMode.EXTEND, extend_num_tokens=sum(lens), extend_lens=lens,
+            extend_logprob_start_lens=lens, return_logprob=False, batch_size=lambda: len(lens),
+            input_embeds=None, prefix_lens=[0] * len(lens), spec_info=None, is_extend_in_batch=True)
+    if running_reqs:
+        return SimpleNamespace(forward_mode=ForwardMode.DECODE, batch_size=lambda: running_reqs,
+                               extend_lens=None, spec_info=None, is_extend_in_batch=False)
+    return None
+
+
+def worker(rank, server_args, init_file, passes, seed, with_tbo, out_queue):
     import logging
 
     import torch.distributed as dist
@@ -50,6 +72,10 @@ def worker(rank, server_args, init_file, passes, seed, out_queue):
         use_torch_symm_mem_all_reduce=False, use_hpu_communicator=False,
         use_xpu_communicator=False, use_npu_communicator=False, group_name="tp")
     tp_group = parallel_state.get_tp_group()
+    if with_tbo:  # what SGLang's model runner does at start; the TBO preparer reads these flags
+        from sglang.srt.layers.moe.utils import initialize_moe_config
+
+        initialize_moe_config(server_args)
     all_gathers = [0]
     real_all_gather = dist.all_gather_into_tensor
 
@@ -98,7 +124,7 @@ def worker(rank, server_args, init_file, passes, seed, out_queue):
     sched._get_new_batch_prefill_raw = prefill_raw
     rng = random.Random(seed * 100 + rank)
     running = SimpleNamespace(reqs=[SimpleNamespace() for _ in range(rng.randint(0, 8))])
-    decisions, fired, gathers_per_pass = [], 0, []
+    decisions, fired, gathers_per_pass, splits = [], 0, [], []
     for step in range(passes):
         if rank != WORLD - 1 and rng.random() < 0.3:  # the last rank never gets a request
             for _ in range(rng.randint(1, 3)):
@@ -115,19 +141,27 @@ def worker(rank, server_args, init_file, passes, seed, out_queue):
         decisions.append([int(d.fire), d.reason])
         fired += int(plan.batch_to_run is not None)
         # SGLang's per-pass DP sync (hooked: carries this rank's admission state to all ranks)
-        prepare_mlp_sync_batch_raw(
-            None, model_runner=SimpleNamespace(prefill_cuda_graph_runner=None), dp_size=WORLD,
-            attn_tp_size=1, attn_cp_size=1, tp_group=tp_group, get_idle_batch=lambda: None,
+        from sglang.srt.model_executor.forward_batch_info import ForwardMode
+
+        synced = prepare_mlp_sync_batch_raw(
+            local_batch(plan.batch_to_run, len(running.reqs)) if with_tbo else None,
+            model_runner=SimpleNamespace(prefill_cuda_graph_runner=None), dp_size=WORLD,
+            attn_tp_size=1, attn_cp_size=1, tp_group=tp_group,
+            get_idle_batch=lambda: SimpleNamespace(forward_mode=ForwardMode.IDLE),
             disable_cuda_graph=True, require_mlp_tp_gather=True, disable_overlap_schedule=False,
             offload_tags=set())
         gathers_per_pass.append(all_gathers[0] - before)
+        splits.append(None if synced is None else
+                      [synced.tbo_split_seq_index is not None, synced.forward_mode.name,
+                       list(synced.global_num_tokens)])
     out_queue.put((rank, decisions, sum(admitted), len(sched.waiting_queue), fired,
-                   sorted(set(gathers_per_pass))))
+                   sorted(set(gathers_per_pass)), splits, sched._atom_admission.params.tbo_enabled))
     dist.destroy_process_group()
 
 
 def main():
     model, passes, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    with_tbo = sys.argv[4:] == ["tbo"]
     from sglang.srt.plugins import load_plugins
 
     load_plugins()
@@ -137,12 +171,13 @@ def main():
         "--model-path", model, "--device", "cpu", "--tp", str(WORLD), "--dp", str(WORLD),
         "--enable-dp-attention", "--load-format", "dummy", "--skip-tokenizer-init",
         "--backend", "atom", "--atom-admission-max-wait-ms", "100000",
+        *(["--enable-two-batch-overlap", "--atom-tbo-min-tokens", "1024"] if with_tbo else []),
     ])
     assert os.environ["SGLANG_ATOM_BACKEND"] == "atom"
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     init_file = tempfile.mktemp(prefix="atom_gloo_")
-    procs = [ctx.Process(target=worker, args=(r, server_args, init_file, passes, seed, queue))
+    procs = [ctx.Process(target=worker, args=(r, server_args, init_file, passes, seed, with_tbo, queue))
              for r in range(WORLD)]
     for p in procs:
         p.start()
@@ -150,9 +185,9 @@ def main():
     deadline = time.time() + 240
     while len(results) < WORLD and time.time() < deadline:
         try:
-            rank, decisions, admitted, left, fired, gathers = queue.get(timeout=5)
+            rank, decisions, admitted, left, fired, gathers, splits, tbo_aware = queue.get(timeout=5)
             results[rank] = dict(decisions=decisions, admitted=admitted, left=left, fired=fired,
-                                 all_gathers_per_pass=gathers)
+                                 all_gathers_per_pass=gathers, splits=splits, tbo_aware=tbo_aware)
         except Exception:
             if any(p.exitcode not in (None, 0) for p in procs):
                 break
