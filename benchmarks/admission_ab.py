@@ -36,8 +36,10 @@ CONFIGS = {
     "delayer": ["--enable-prefill-delayer"],
     "atom": ["--backend", "atom"],
     "atom_fill02": ["--backend", "atom", "--atom-admission-target-fill", "0.2"],
-    # lets the policy hold for up to 2 passes while a chunked prefill is in progress somewhere
+    # the chunked-hold limit spelled out: 2 is the default since 2026-11-22's 4xH200 run, 0 the
+    # default before it (a chunk in progress fires prefill on every rank)
     "atom_chunk2": ["--backend", "atom", "--atom-admission-chunked-max-hold-passes", "2"],
+    "atom_chunk0": ["--backend", "atom", "--atom-admission-chunked-max-hold-passes", "0"],
     # plain SGLang scheduling plus sglang-atom's observer: the padding-ratio baseline
     "observe": ["--backend", "atom", "--atom-admission", "off"],
     # DeepEP expert parallelism with SGLang's own two-batch overlap. SGLang 0.5.17 runs unquantized
@@ -54,13 +56,24 @@ CONFIGS = {
 REQUIRES = {"deepep_tbo": ("deep_ep", "deep_gemm"), "deepep_tbo_normal": ("deep_ep", "deep_gemm")}
 
 
+def server_labels(configs: list[str]) -> list[str]:
+    """One label per server: a config listed again (e.g. plain first and last, to see drift
+    over the matrix) gets `name_2`, `name_3`; its rows keep the config name for the report."""
+    seen: dict[str, int] = {}
+    labels = []
+    for name in configs:
+        seen[name] = seen.get(name, 0) + 1
+        labels.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    return labels
+
+
 def missing_packages(config: str) -> list[str]:
     return [m for m in REQUIRES.get(config, ()) if importlib.util.find_spec(m) is None]
 
 
 SCENARIOS = {
     "admission-dp4": dict(model="models/qwen3-moe-tiny", tp=4, dp=4, workloads="short,8k1k",
-                          configs="plain,delayer,atom,atom_fill02", concurrency="64,128,256",
+                          configs="plain,atom,delayer,atom_chunk0,plain", concurrency="64,128,256",
                           repeats=3, cuda_graph=True),
     "admission-dp4-dsv3": dict(model="models/deepseek-v3-width", tp=4, dp=4, workloads="short,8k1k",
                                configs="plain,delayer,atom", concurrency="64,128,256", repeats=2,
@@ -138,27 +151,28 @@ def main() -> int:
             *[f for f in BASE_FLAGS if not (args.cuda_graph and f == "--disable-cuda-graph")],
             *args.extra.split()]
     concurrencies = [int(c) for c in args.concurrency.split(",")]
-    for ci, name in enumerate(args.configs.split(",")):
+    configs = args.configs.split(",")
+    for ci, (name, label) in enumerate(zip(configs, server_labels(configs))):
         if time.time() - t0 > args.deadline_s:
-            result["skipped"].append(name)
+            result["skipped"].append(label)
             continue
         missing = missing_packages(name)
         if missing:
             reason = f"needs {', '.join(missing)}, not importable by {sys.executable}"
-            result["failed_configs"] = {**result.get("failed_configs", {}), name: reason}
-            print(f"== {name}: not run: {reason}", flush=True)
+            result["failed_configs"] = {**result.get("failed_configs", {}), label: reason}
+            print(f"== {label}: not run: {reason}", flush=True)
             continue
         server_args = base + CONFIGS[name]
-        print(f"== {name}: starting ({time.time() - t0:.0f} s elapsed)", flush=True)
-        log_path = os.path.join(args.out, f"server_{name}.log")
+        print(f"== {label}: starting ({time.time() - t0:.0f} s elapsed)", flush=True)
+        log_path = os.path.join(args.out, f"server_{label}.log")
         with Server(server_args, log_path) as server:
             try:
                 startup = server.wait_ready()
             except (RuntimeError, TimeoutError) as exc:
                 with open(log_path) as f:
                     tail = f.read()[-3000:]
-                result["failed_configs"] = {**result.get("failed_configs", {}), name: f"{exc}\n{tail}"}
-                print(f"   {name} did not start: {exc}", flush=True)
+                result["failed_configs"] = {**result.get("failed_configs", {}), label: f"{exc}\n{tail}"}
+                print(f"   {label} did not start: {exc}", flush=True)
                 continue
             # Warm-up: one wave per workload and concurrency, so the batch shapes the runs hit
             # are compiled before timing (Triton kernels compile per shape bucket; a warm-up at
@@ -180,12 +194,13 @@ def main() -> int:
                         # the radix cache and skip most of its prefill.
                         reqs = WORKLOADS[wname].requests(n, seed=1000 * conc + rep)
                         if time.time() - t0 > args.deadline_s:
-                            result["skipped"].append(f"{name}/{wname}/c{conc}/r{rep}")
+                            result["skipped"].append(f"{label}/{wname}/c{conc}/r{rep}")
                             continue
                         before = scrape(server.get("/metrics"))
                         records, secs = load(server.url, reqs, conc)
                         after = scrape(server.get("/metrics"))
-                        row = {"config": name, "workload": wname, "concurrency": conc, "repeat": rep,
+                        row = {"config": name, "server": label, "workload": wname, "concurrency": conc,
+                               "repeat": rep,
                                "requests": n, "startup_s": round(startup, 1),
                                **summarize(records, secs, args.tp, conc),
                                "padding_ratio_mean": histogram_mean(

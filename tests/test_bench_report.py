@@ -130,8 +130,18 @@ def test_a_config_whose_packages_are_missing_is_reported_not_started(tmp_path, m
     assert admission_ab.missing_packages("deepep_tbo") == ["deep_ep"]
     assert admission_ab.missing_packages("plain") == []
     monkeypatch.setattr(admission_ab, "Server", None)  # any server start would raise
-    monkeypatch.setattr("sys.argv", ["admission_ab.py", "--configs", "deepep_tbo", "--out", str(tmp_path)])
+    monkeypatch.setattr("sys.argv", ["admission_ab.py", "--configs", "deepep_tbo,deepep_tbo", "--out",
+                                     str(tmp_path)])
     assert admission_ab.main() == 0
     result = json.loads((tmp_path / "ab.json").read_text())
     assert result["runs"] == []
+    # a config listed twice is two servers, each with its own label
+    assert sorted(result["failed_configs"]) == ["deepep_tbo", "deepep_tbo_2"]
     assert result["failed_configs"]["deepep_tbo"].startswith("needs deep_ep, not importable by")
+
+
+def test_a_config_listed_again_gets_its_own_server_label():
+    import admission_ab
+
+    assert admission_ab.server_labels(["plain", "atom", "plain", "plain"]) == [
+        "plain", "atom", "plain_2", "plain_3"]
