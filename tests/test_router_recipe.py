@@ -88,6 +88,6 @@ def test_dp_aware_router_spreads_requests_over_servers_and_ranks(tmp_path):
     assert sum(len(s) for s in seen) == 16, (tmp_path / "router.log").read_text()[-3000:]
     # Every (server, DP rank) pair gets a share. Not exactly 4 each: seen once in CI as 5/4/4/3,
     # with the aiohttp workers logging the router's HTTP/2 prefaces as bad requests (a retry
-    # that shifts the round robin is the likely cause; not confirmed). Sending everything to rank 0, as a router without --dp-aware
-    # does, fails this.
+    # that shifts the round robin is the likely cause; not confirmed). Sending everything to
+    # rank 0, as a router without --dp-aware does, fails this.
     assert all(sorted(c) == [0, 1] and min(c.values()) >= 2 for c in counts), counts

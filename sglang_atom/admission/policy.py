@@ -68,8 +68,8 @@ class PolicyParams:
     max_hold_passes: int = 32
     max_wait_ms: int = 1000
     # 2, not 0: on 4xH200 (DP4, short mix, 2026-11-22) holding a chunk in progress for up to two
-    # passes beat firing at once in all four cells (1.31-1.33x plain against 0.97-1.24x);
-    # benchmarks/results/NOTES-admission.md has the run and its caveats.
+    # passes gave 6-10% more input throughput than firing at once, both repeats in both cells
+    # (n = 2; the simulator has it neutral); benchmarks/results/NOTES-admission.md.
     chunked_max_hold_passes: int = 2
     stall_passes: int = 4
     kv_high: float = 0.9

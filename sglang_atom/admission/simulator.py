@@ -208,13 +208,13 @@ def simulate(policy, dp: int, workload: Workload, model: StepModel, concurrency_
     passes = mixed = busy = idle_rank_steps = holds = 0
     pad = []
     synced: list[RankState] = []  # nothing gathered before the first pass
+    lagged = getattr(policy, "state_lag_passes", 0) > 0
     while len(done) < total:
         if arrival == "poisson":
             while sent < total and poisson_next <= now:
                 send(poisson_next)
                 poisson_next += rng.expovariate(rate_per_rank_s * dp / 1000.0)
         states = [rank_state(r, now, budget, kv_tokens) for r in ranks]
-        lagged = getattr(policy, "state_lag_passes", 0) > 0
         if not lagged:
             mark_synced(ranks)
         fire = policy.fire(synced if lagged else states)

@@ -61,6 +61,7 @@ def worker(rank, server_args, init_file, passes, seed, with_tbo, out_queue):
     from sglang.srt.distributed import parallel_state
     from sglang.srt.managers.scheduler import Scheduler
     from sglang.srt.managers.scheduler_components.dp_attn import prepare_mlp_sync_batch_raw
+    from sglang.srt.model_executor.forward_batch_info import ForwardMode
     from sglang.srt.runtime_context import publish
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
@@ -141,8 +142,6 @@ def worker(rank, server_args, init_file, passes, seed, with_tbo, out_queue):
         decisions.append([int(d.fire), d.reason])
         fired += int(plan.batch_to_run is not None)
         # SGLang's per-pass DP sync (hooked: carries this rank's admission state to all ranks)
-        from sglang.srt.model_executor.forward_batch_info import ForwardMode
-
         synced = prepare_mlp_sync_batch_raw(
             local_batch(plan.batch_to_run, len(running.reqs)) if with_tbo else None,
             model_runner=SimpleNamespace(prefill_cuda_graph_runner=None), dp_size=WORLD,
