@@ -17,8 +17,13 @@ check: random N(0, 0.02) weights (benchmarks/random_checkpoint.py; dummy weights
     (other batches, so other kernel tiles; SGLang recomputes a cached prefix when prompt
     logprobs are asked from token 0). The TBO server's split counter must show that prefill ran
     split.
-perf: dummy weights; per repeat, one fresh prompt of T tokens per rank, 1 output token, all
-    sent together; the time to the last answer is the prefill time. Speedup = off / on.
+perf: dummy weights; per repeat, --prompts-per-rank fresh prompts of T tokens on every rank,
+    1 output token, all sent together, with a prefill budget of T tokens per rank and pass; the
+    time to the last answer over the prompts is the prefill time, reported per T tokens per rank
+    (one pass's worth). Several prompts per rank because the ranks' first prompts can arrive in
+    different scheduler passes (seen on 2xH200: a wave of one prompt per rank ran as two
+    one-rank passes on the plain server and one two-rank pass on the TBO server); with K per
+    rank that skew costs at most one pass of K+1. Speedup = off / on.
 profile: as perf, for the first of --tokens, then one more wave under SGLang's profiler
     (`/start_profile`, CPU and GPU activity); writes each server's traces to DIR/trace_LABEL/ and
     the TP-0 trace's summary (benchmarks/trace_summary.py: GPU time per stream and kernel kind,
@@ -50,7 +55,9 @@ SPLIT = re.compile(r'sglang:atom_tbo_prefill_passes_total\{split="(yes|no)"\} ([
 
 
 def generate(url: str, ids: list[int], rank: int, max_new: int, logprobs: bool) -> dict:
-    body = {"input_ids": ids, "data_parallel_rank": rank,
+    # SGLang 0.5.17 routes by `routed_dp_rank`; its /generate silently drops the older
+    # `data_parallel_rank`, which then leaves the rank to the DP controller's round robin.
+    body = {"input_ids": ids, "routed_dp_rank": rank,
             "sampling_params": {"temperature": 0.0, "max_new_tokens": max_new, "ignore_eos": True}}
     if logprobs:
         body.update(return_logprob=True, logprob_start_len=0)
@@ -159,9 +166,9 @@ def prefill_servers(args, out: dict, model: str, tokens_per_rank: int):
             yield name, tbo_comm, server, label
 
 
-def fresh_prompts(rng: random.Random, dp: int, tokens: int) -> list[tuple[int, list[int]]]:
-    """One prompt of `tokens` random ids per rank (fresh ids: no radix-cache hits)."""
-    return [(r, [rng.randrange(3, 30000) for _ in range(tokens)]) for r in range(dp)]
+def fresh_prompts(rng: random.Random, dp: int, tokens: int, per_rank: int = 1) -> list[tuple[int, list[int]]]:
+    """`per_rank` prompts of `tokens` random ids on every rank (fresh ids: no radix-cache hits)."""
+    return [(r, [rng.randrange(3, 30000) for _ in range(tokens)]) for _ in range(per_rank) for r in range(dp)]
 
 
 def perf(args, out: dict) -> None:
@@ -175,18 +182,20 @@ def perf(args, out: dict) -> None:
                 times = []
                 # Warm-up waves are excluded: the first compiles kernels, and arrival jitter can
                 # give a wave a batch shape (one rank alone) that compiles another.
+                k = args.prompts_per_rank
                 for rep in range(args.warmup + args.repeats):
-                    prompts = fresh_prompts(rng, dp, t)
+                    prompts = fresh_prompts(rng, dp, t, k)
                     t0 = time.perf_counter()
                     wave(server.url, prompts, 1, False)
                     if rep >= args.warmup:
-                        times.append(time.perf_counter() - t0)
+                        times.append((time.perf_counter() - t0) / k)
                 med = statistics.median(times)
                 rows.append({"model": name, "tbo": bool(tbo_comm), "tbo_comm": tbo_comm,
-                             "tokens_per_rank": t, "times_s": times, "median_s": round(med, 4),
+                             "tokens_per_rank": t, "prompts_per_rank": k, "times_per_prompt_s": times, "median_s": round(med, 4),
                              "min_s": round(min(times), 4), "prefill_tok_s": round(t * dp / med)})
                 # the minimum beside the median: one stalled wave moved a 3-wave median by 30%
-                print(f"   {label} {t} tok/rank: median {med * 1000:.1f} ms (min {min(times) * 1000:.1f}), "
+                print(f"   {label} {t} tok/rank x {k}: median {med * 1000:.1f} ms per pass-worth "
+                      f"(min {min(times) * 1000:.1f}), "
                       f"{t * dp / med:.0f} tok/s", flush=True)
                 record_json(os.path.join(args.out, "tbo_perf.json"), out)
     speedups = {}
@@ -207,8 +216,11 @@ def profile(args, out: dict) -> None:
     for model in args.models.split(","):
         for _, _, server, label in prefill_servers(args, out, model, t):
             rng = random.Random(1)
+            warmup_s = []
             for _ in range(args.warmup):
+                t0 = time.perf_counter()
                 wave(server.url, fresh_prompts(rng, dp, t), 1, False)
+                warmup_s.append(round(time.perf_counter() - t0, 4))
             trace_dir = os.path.abspath(os.path.join(args.out, f"trace_{label}"))
             server.post("/start_profile", {"output_dir": trace_dir, "activities": ["CPU", "GPU"]})
             t0 = time.perf_counter()
@@ -220,7 +232,7 @@ def profile(args, out: dict) -> None:
                 time.sleep(2)
             path = _tp0_trace(trace_dir)
             out.setdefault("profiles", {})[label] = {
-                "tokens_per_rank": t, "wave_s": round(wave_s, 4), "trace": path,
+                "tokens_per_rank": t, "warmup_wave_s": warmup_s, "wave_s": round(wave_s, 4), "trace": path,
                 "summary": trace_summary.summarize(trace_summary.load(path)) if path else None}
             print(f"   {label}: profiled wave {wave_s * 1000:.1f} ms, trace {path}", flush=True)
             record_json(os.path.join(args.out, "tbo_profile.json"), out)
@@ -242,6 +254,8 @@ def main() -> int:
     ap.add_argument("--tokens", default="4096,8192,16384")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--prompts-per-rank", type=int, default=4,
+                    help="perf: prompts of --tokens on every rank per wave (see above)")
     ap.add_argument("--tbo-comm", default="nccl",
                     help="--atom-tbo-comm of the TBO servers; perf runs one TBO server per listed value, "
                          "check the first")

@@ -1,13 +1,15 @@
 """Where GPU time goes in a PyTorch/SGLang chrome trace: per stream, per kernel kind, idle gaps.
 
-    python3 benchmarks/trace_summary.py TRACE.json[.gz] [TRACE ...] [--out summary.json]
+    python3 benchmarks/trace_summary.py TRACE.json[.gz] [TRACE ...] [--out summary.json] [--timeline US]
 
 For each trace (torch.profiler's `export_chrome_trace`, or SGLang's `/start_profile` output):
 the GPU span, and per CUDA stream the busy time of kernels and copies, split into kinds by
 kernel name (attention, MoE, GEMM, NCCL, symmetric-memory barrier, copies, elementwise, other).
 The compute stream (the one with the most kernel time) also gets its idle time inside the span
 and its longest gaps with the name of the kernel that ended each: a stream waiting on a
-collective shows up there. Used for the two-batch-overlap notes (benchmarks/results/NOTES-tbo.md).
+collective shows up there. `--timeline US` also prints every kernel or copy of at least US
+microseconds (and every NCCL kernel) in time order: start and length in ms, stream, name.
+Used for the two-batch-overlap notes (benchmarks/results/NOTES-tbo.md).
 """
 
 from __future__ import annotations
@@ -82,14 +84,27 @@ def summarize(events: list[dict], top_gaps: int = 5, min_gap_us: float = 20.0) -
     }
 
 
+def timeline(events: list[dict], min_us: float) -> list[str]:
+    """One line per kernel/copy of at least `min_us` µs, or any NCCL kernel, in time order."""
+    events = sorted(events, key=lambda e: e["ts"])
+    start = events[0]["ts"] if events else 0
+    return [f"{(e['ts'] - start) / 1000:9.2f} {e['dur'] / 1000:7.2f} s{e.get('args', {}).get('stream', '?')} "
+            f"{e['name'][:80]}" for e in events if e["dur"] >= min_us or kind_of(e) == "nccl"]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("traces", nargs="+")
     ap.add_argument("--out", default="")
+    ap.add_argument("--timeline", type=float, default=0, help="also list kernels of at least this many µs")
     args = ap.parse_args()
     results = {}
     for path in args.traces:
-        s = results[path] = summarize(load(path))
+        events = load(path)
+        s = results[path] = summarize(events)
+        if args.timeline:
+            print(f"== {path}: kernels of at least {args.timeline:g} us (start ms, length ms, stream, name)")
+            print("\n".join(timeline(events, args.timeline)))
         print(f"== {path}\nspan {s['span_ms']} ms; compute stream {s['compute_stream']} idle "
               f"{s.get('compute_idle_ms', 0)} ms")
         for stream, kinds in s["streams"].items():

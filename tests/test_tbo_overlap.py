@@ -28,8 +28,12 @@ def test_overlapped_layers_match_the_plain_computation_on_every_rank():
     for r in run(seed=1):
         assert r["matches_reference"] == [{"0": True, "1": True}] * 2, r["rank"]
         assert r["buffers_reused"]
-    rows = {r["rank"]: r["rows_out"] for r in run(seed=2)}
+    ranks = run(seed=2)
+    rows = {r["rank"]: r["rows_out"] for r in ranks}
     assert rows[3] == {"0": [0, 16], "1": [0, 16]}  # a rank with no rows still joined every collective
+    # The collectives pad every rank to the largest (12 and 9 rows), the experts see only the
+    # real rows of all ranks: 5+12+7+0 and 9+3+0+0, not 4x12 and 4x9.
+    assert all(r["expert_rows"] == [[0, 24], [1, 12]] for r in ranks)
 
 
 def test_stage_and_collective_order_is_the_same_on_every_rank_and_overlaps():

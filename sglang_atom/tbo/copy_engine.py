@@ -72,12 +72,12 @@ class CopyEngineComm(RowsAndBuffers):
             self._done[("gather", mb)].record(self.stream)
 
     def wait_gather(self, mb: int) -> torch.Tensor:
-        """All ranks' rows of `mb`, rank-major, each rank's block padded to `padded_rows(mb)`."""
         torch.cuda.current_stream(self.device).wait_event(self._done[("gather", mb)])
         pad = self.padded_rows(mb)
-        return self._symm[("gathered", mb)][2][self.rank][: self.world * pad]
+        return self._real_rows(mb, self._symm[("gathered", mb)][2][self.rank][: self.world * pad])
 
     def issue_scatter(self, mb: int, partial: torch.Tensor) -> None:
+        partial = self._padded_partial(mb, partial)
         pad = self.padded_rows(mb)
         handle, bufs = self._symmetric("partials", mb, pad)
         out = self._buffer("scattered", mb, pad)

@@ -14,8 +14,12 @@ issues them in the same order: A.gather, B.gather, A.scatter, B.scatter, ...); o
 tests) they run on gloo's threads. Buffers are persistent per (kind, micro-batch) and only
 grow, so steady-state forwards allocate nothing.
 
-Rows are padded to the largest rank of each micro-batch (rows per rank are exchanged once per
-forward, before the first layer); the token-even split and admission keep that padding small.
+The collectives move each rank's rows padded to the largest rank's (rows per rank are known on
+every rank before the first layer), but the experts see only real rows: the gathered pad rows
+are dropped before them and put back (as don't-care rows) before the reduce_scatter. Otherwise a
+pass where one rank prefills and the others have few tokens would run the experts on
+world x max(rows), up to `world` times the real work (measured on 2xH200, see
+benchmarks/results/NOTES-tbo.md).
 """
 
 from __future__ import annotations
@@ -45,9 +49,9 @@ class Transport(Protocol):
 
     def issue_gather(self, mb: int, local: torch.Tensor) -> None: ...
 
-    def wait_gather(self, mb: int) -> torch.Tensor: ...
+    def wait_gather(self, mb: int) -> torch.Tensor: ...  # every rank's real rows, rank-major
 
-    def issue_scatter(self, mb: int, partial: torch.Tensor) -> None: ...
+    def issue_scatter(self, mb: int, partial: torch.Tensor) -> None: ...  # partials of those rows
 
     def wait_scatter(self, mb: int) -> torch.Tensor: ...
 
@@ -78,14 +82,35 @@ class RowsAndBuffers:
         return buf[:rows]
 
     def _padded_send(self, mb: int, local: torch.Tensor) -> torch.Tensor:
-        """This rank's rows of `mb` padded to the largest rank's; pad rows are zeros, go through
-        the experts and are dropped afterwards."""
-        pad = self.padded_rows(mb)
-        send = self._buffer("send", mb, pad)
-        n = local.shape[0]
-        send[:n].copy_(local)
-        send[n:].zero_()
+        """This rank's rows of `mb` padded to the largest rank's; pad rows are never read."""
+        send = self._buffer("send", mb, self.padded_rows(mb))
+        send[: local.shape[0]].copy_(local)
         return send
+
+    def _is_padded(self, mb: int) -> bool:
+        return min(self.rows[mb]) != self.padded_rows(mb)
+
+    def _real_rows(self, mb: int, gathered: torch.Tensor) -> torch.Tensor:
+        """Gathered rank-major blocks of `padded_rows` rows -> only the real rows, rank-major."""
+        if not self._is_padded(mb):
+            return gathered
+        pad, rows = self.padded_rows(mb), self.rows[mb]
+        out = self._buffer("real", mb, sum(rows))
+        torch.cat([gathered[p * pad:p * pad + n] for p, n in enumerate(rows)], out=out)
+        return out
+
+    def _padded_partial(self, mb: int, partial: torch.Tensor) -> torch.Tensor:
+        """Partial sums of the real rows -> rank-major blocks of `padded_rows` rows, as the
+        reduce_scatter needs them; the pad rows' sums land in rows that `wait_scatter` drops."""
+        if not self._is_padded(mb):
+            return partial
+        pad, rows = self.padded_rows(mb), self.rows[mb]
+        out = self._buffer("padded_partial", mb, self.world * pad)
+        blocks, start = out.view(self.world, pad, self.hidden), 0
+        for p, n in enumerate(rows):
+            blocks[p, :n].copy_(partial[start:start + n])
+            start += n
+        return out
 
 
 class OverlapComm(RowsAndBuffers):
@@ -104,15 +129,14 @@ class OverlapComm(RowsAndBuffers):
         self._pending[("gather", mb)] = (work, out)
 
     def wait_gather(self, mb: int) -> torch.Tensor:
-        """All ranks' rows of `mb`, rank-major, each rank's block padded to `padded_rows(mb)`."""
         work, out = self._pending.pop(("gather", mb))
         work.wait()
-        return out
+        return self._real_rows(mb, out)
 
     def issue_scatter(self, mb: int, partial: torch.Tensor) -> None:
-        pad = self.padded_rows(mb)
-        out = self._buffer("scattered", mb, pad)
-        work = dist.reduce_scatter_tensor(out, partial, group=self.group, async_op=True)
+        out = self._buffer("scattered", mb, self.padded_rows(mb))
+        work = dist.reduce_scatter_tensor(out, self._padded_partial(mb, partial), group=self.group,
+                                          async_op=True)
         self._pending[("scatter", mb)] = (work, out)
 
     def wait_scatter(self, mb: int) -> torch.Tensor:

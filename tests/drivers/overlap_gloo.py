@@ -60,6 +60,7 @@ class Ops:
         g = torch.Generator().manual_seed(seed * 10 + rank)
         self.x = {mb: torch.randn(ROWS[mb][rank], HIDDEN, generator=g, dtype=torch.float64) for mb in ROWS}
         self.start = {mb: x.clone() for mb, x in self.x.items()}
+        self.expert_rows = set()  # (micro-batch, rows the experts got)
 
     def attention(self, mb, layer):
         EVENTS.append(f"{mb}:attn")
@@ -67,6 +68,7 @@ class Ops:
 
     def experts(self, mb, layer, gathered):
         EVENTS.append(f"{mb}:experts")
+        self.expert_rows.add((mb, gathered.shape[0]))
         return torch.relu(gathered @ self.w1[layer]) @ self.w2[layer]
 
     def combine(self, mb, layer, local):
@@ -93,7 +95,8 @@ def worker(rank, init_file, seed, queue):
         ok.append({mb: bool(torch.allclose(ops.x[mb], ops.reference(mb), atol=1e-10)) for mb in ROWS})
     reused = bool(buffers) and all(comm._buffers[k].data_ptr() == p for k, p in buffers.items())
     queue.put({"rank": rank, "trace": trace, "matches_reference": ok,
-               "buffers_reused": reused, "events": EVENTS, "rows_out": {mb: list(ops.x[mb].shape) for mb in ROWS}})
+               "buffers_reused": reused, "events": EVENTS,
+               "expert_rows": sorted(ops.expert_rows), "rows_out": {mb: list(ops.x[mb].shape) for mb in ROWS}})
     dist.destroy_process_group()
 
 
