@@ -40,6 +40,8 @@ CONFIGS = {
     # default before it (a chunk in progress fires prefill on every rank)
     "atom_chunk2": ["--backend", "atom", "--atom-admission-chunked-max-hold-passes", "2"],
     "atom_chunk0": ["--backend", "atom", "--atom-admission-chunked-max-hold-passes", "0"],
+    # admission plus two-batch overlap of prefill over all_gather/reduce_scatter
+    "atom_tbo": ["--backend", "atom", "--enable-two-batch-overlap"],
     # plain SGLang scheduling plus sglang-atom's observer: the padding-ratio baseline
     "observe": ["--backend", "atom", "--atom-admission", "off"],
     # DeepEP expert parallelism with SGLang's own two-batch overlap. SGLang 0.5.17 runs unquantized
@@ -79,10 +81,10 @@ SCENARIOS = {
                                configs="plain,delayer,atom", concurrency="64,128,256", repeats=2,
                                cuda_graph=True),
     "inferencex-dp4": dict(model="models/qwen3-moe-tiny", tp=4, dp=4, workloads="1k1k,8k1k",
-                           configs="plain,delayer,atom,deepep_tbo", concurrency="64,128,256,512",
+                           configs="plain,delayer,atom,atom_tbo,deepep_tbo", concurrency="64,128,256,512",
                            repeats=2, cuda_graph=True),
     "inferencex-dp8": dict(model="models/qwen3-moe-tiny", tp=8, dp=8, workloads="1k1k,8k1k",
-                           configs="plain,delayer,atom", concurrency="64,128,256,512", repeats=2,
+                           configs="plain,delayer,atom,atom_tbo", concurrency="64,128,256,512", repeats=2,
                            cuda_graph=True),
 }
 

@@ -15,9 +15,11 @@ import json
 import os
 import random
 import signal
+import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -46,6 +48,10 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float, what: str) -> No
     raise TimeoutError(f"{what} not ready after {timeout} s")
 
 
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 class Server:
     """`python -m sglang.launch_server ARGS` in its own process group, logging to a file."""
 
@@ -56,6 +62,19 @@ class Server:
         self.proc = None
 
     def __enter__(self):
+        # A server left running by an earlier, killed run answers on the same port, and the
+        # readiness poll would then time that one (seen on 2xH200, 2026-11-22).
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", self.port))
+            except OSError:
+                raise RuntimeError(f"port {self.port} is in use: stop the process on it (a server "
+                                   f"left from an earlier run?) or choose another --port") from None
+        # `timeout` and the device tool end a run with SIGTERM, which by default skips every
+        # `with` block's exit and leaves the server (its own session) running: make it SystemExit.
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL):
+            signal.signal(signal.SIGTERM, _exit_on_sigterm)
         cmd = [sys.executable, "-m", "sglang.launch_server", *self.args, "--port", str(self.port),
                "--host", "127.0.0.1"]
         self.log = open(self.log_path, "w")

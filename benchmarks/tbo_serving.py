@@ -78,10 +78,18 @@ def splits(server: Server) -> dict:
 SERVER_EXTRA: list[str] = []  # --server-args, appended to every server's flags
 
 
+def attention_flags(model: str) -> list[str]:
+    """DeepSeek's MLA runs flashinfer attention: under triton a split prompt's second half runs
+    absorbed MLA, and `--backend atom` refuses TBO there (both servers get the same backend)."""
+    architectures = json.load(open(os.path.join(model, "config.json"))).get("architectures", [])
+    return ["--attention-backend", "flashinfer"] if any("Deepseek" in a for a in architectures) else []
+
+
 def server_flags(model: str, dp: int, tbo_comm: str | None, extra: list[str]) -> list[str]:
     """`tbo_comm` None: without TBO; else with TBO over that `--atom-tbo-comm` transport."""
     flags = ["--model-path", model, "--tp", str(dp), "--dp", str(dp), "--enable-dp-attention",
-             "--backend", "atom", "--atom-admission", "off", "--enable-metrics", *extra, *SERVER_EXTRA]
+             "--backend", "atom", "--atom-admission", "off", "--enable-metrics", *extra,
+             *attention_flags(model), *SERVER_EXTRA]
     if tbo_comm:
         flags += ["--enable-two-batch-overlap", "--atom-tbo-comm", tbo_comm]
     return flags
@@ -159,7 +167,7 @@ def prefill_servers(args, out: dict, model: str, tokens_per_rank: int):
     `tokens_per_rank` on every rank."""
     name = os.path.basename(model.rstrip("/"))
     budget = str(tokens_per_rank * args.dp)
-    for tbo_comm in [None, *args.tbo_comm.split(",")]:
+    for tbo_comm in [*([] if args.skip_plain else [None]), *args.tbo_comm.split(",")]:
         flags = server_flags(model, args.dp, tbo_comm, [*BASE_FLAGS, "--chunked-prefill-size", budget,
                                                         "--max-prefill-tokens", budget])
         with serving(args, out, name, tbo_comm, flags) as (server, label):
@@ -259,6 +267,8 @@ def main() -> int:
     ap.add_argument("--tbo-comm", default="nccl",
                     help="--atom-tbo-comm of the TBO servers; perf runs one TBO server per listed value, "
                          "check the first")
+    ap.add_argument("--skip-plain", action="store_true",
+                    help="perf/profile: only the TBO servers (the plain number from an earlier run)")
     ap.add_argument("--start-timeout", type=float, default=400)
     ap.add_argument("--server-args", default="",
                     help="more flags for every server, e.g. '--watchdog-timeout 60' so a hang dumps stacks")

@@ -12,6 +12,7 @@ from .config import AtomConfig, AtomConfigError
 from .platform import PlatformPlan
 
 SUPPORTED_ARCHITECTURES = ("Qwen3MoeForCausalLM", "DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM")
+MLA_ARCHITECTURES = ("DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class ServingSetup:
     shared_expert_tp1: bool = False  # SGLANG_SHARED_EXPERT_TP1=1
     nnodes: int = 1
     dp_sync_skipped: bool = False  # SGLANG_SCHEDULER_SKIP_ALL_GATHER=1
+    prefill_attention_backend: str | None = None  # as SGLang resolved it (None: not known)
 
 
 def check(cfg: AtomConfig, setup: ServingSetup, platform: str = "cuda") -> None:
@@ -102,6 +104,11 @@ def check_tbo(cfg: AtomConfig, setup: ServingSetup, platform: str) -> None:
         raise AtomConfigError(
             "two-batch overlap with --backend atom does not record expert load; drop --enable-eplb "
             "and --expert-distribution-recorder-mode, or --enable-two-batch-overlap.")
+    if setup.architecture in MLA_ARCHITECTURES and setup.prefill_attention_backend == "triton":
+        raise AtomConfigError(
+            "two-batch overlap with --backend atom cuts DeepSeek prompts in two, and SGLang's triton "
+            "attention runs every second half as absorbed MLA (0.57x measured on 2xH200); pass "
+            "--attention-backend flashinfer or fa3.")
     if setup.shared_expert_tp1:
         raise AtomConfigError(
             "two-batch overlap with --backend atom sums shared experts in the reduce_scatter, which "
@@ -133,12 +140,13 @@ def summary(cfg: AtomConfig, setup: ServingSetup, plan: PlatformPlan) -> str:
     else:
         admission = "admission=off (PD-disaggregated server: no prefill and decode to align)"
     if tbo_active(cfg, setup):
-        # say it where operators look: the first measurements have it slower than without
-        tbo = (f"tbo=prefill over all_gather/reduce_scatter by {cfg.tbo_comm} (experimental: slower "
-               f"than without it at 8k-16k tokens per rank on 2xH200 and 4xH200, see README)")
+        # say it where operators look: measured so far, it breaks even at best
+        tbo = (f"tbo=prefill over all_gather/reduce_scatter by {cfg.tbo_comm} (experimental: "
+               f"0.98-1.02x of prefill without it at 8k-16k tokens per rank on 2xH200, no gain shown "
+               f"yet, see README)")
         if cfg.tbo_comm == "copy-engine":
-            tbo += (" [copy-engine is UNVERIFIED in serving: its only served run answered nothing "
-                    "within 4 minutes; use --atom-tbo-comm nccl unless you are testing it]")
+            tbo += (" [copy-engine has one clean served run and one that hung; use --atom-tbo-comm "
+                    "nccl unless you are testing it]")
     elif not setup.two_batch_overlap:
         tbo = "tbo=off (--enable-two-batch-overlap not given)"
     else:

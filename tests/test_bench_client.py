@@ -85,3 +85,43 @@ def test_every_result_file_names_command_machine_and_date(monkeypatch):
     assert p["command"] == "python3 benchmarks/tbo_serving.py perf --dp 4"
     assert p["machine"]  # nvidia-smi -L on a GPU machine, "cpu" elsewhere
     assert p["date"].startswith("20") and p["date"].endswith("+00:00")
+
+
+def test_server_refuses_a_port_another_process_holds(tmp_path):
+    """A leftover server on the port would otherwise be timed in place of the new one."""
+    import socket
+
+    import pytest
+    from serving import Server
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        server = Server(["--model-path", "unused"], str(tmp_path / "server.log"), port=held.getsockname()[1])
+        with pytest.raises(RuntimeError, match="is in use"):
+            server.__enter__()
+    assert server.proc is None  # nothing was started
+
+
+def test_sigterm_unwinds_a_benchmark_so_its_server_is_stopped(tmp_path):
+    """`timeout` ends a run with SIGTERM; the server's `with` block must still run its exit."""
+    import subprocess
+    import textwrap
+
+    script = tmp_path / "bench.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(Path(__file__).resolve().parent.parent / "benchmarks")!r})
+        import serving
+
+        server = serving.Server([], {str(tmp_path / "s.log")!r}, port=0)  # never becomes ready
+        try:
+            with server:
+                os.kill(os.getpid(), signal.SIGTERM)
+                print("not reached", flush=True)
+        finally:
+            print("exited", server.proc.poll() is not None, flush=True)
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert "exited True" in proc.stdout, proc.stdout + proc.stderr
+    assert "not reached" not in proc.stdout

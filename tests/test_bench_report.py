@@ -113,7 +113,7 @@ def test_named_scenarios_fill_the_matrix_and_flags_override():
 
     args = admission_ab.parse_args(["--scenario", "inferencex-dp4", "--out", "x", "--repeats", "1"])
     assert (args.tp, args.dp, args.workloads, args.cuda_graph) == (4, 4, "1k1k,8k1k", True)
-    assert args.configs.split(",") == ["plain", "delayer", "atom", "deepep_tbo"]
+    assert args.configs.split(",") == ["plain", "delayer", "atom", "atom_tbo", "deepep_tbo"]
     assert args.repeats == 1  # explicit flag wins over the scenario
     for spec in admission_ab.SCENARIOS.values():
         assert set(spec["configs"].split(",")) <= set(admission_ab.CONFIGS)

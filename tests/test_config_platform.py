@@ -115,6 +115,8 @@ TBO_REFUSALS = {
     "expert_balancing": ({"expert_balancing": True}, "does not record expert load"),
     "shared_expert_tp1": ({"shared_expert_tp1": True}, "unset SGLANG_SHARED_EXPERT_TP1"),
     "pd_decode": ({"disaggregation_mode": "decode"}, "overlaps prefill only"),
+    "deepseek_triton": ({"architecture": "DeepseekV3ForCausalLM", "prefill_attention_backend": "triton"},
+                        "pass --attention-backend flashinfer or fa3."),
 }
 
 
@@ -135,13 +137,24 @@ def test_two_batch_overlap_refusals(case):
     check(AtomConfig(backend="atom"), replace(ok, two_batch_overlap=False, **change))
 
 
+def test_two_batch_overlap_attention_backends():
+    """Only DeepSeek's MLA pays for a cut prompt under triton; Qwen3 and flashinfer are fine."""
+    from sglang_atom.validation import ServingSetup, check
+
+    for arch, backend in (("DeepseekV3ForCausalLM", "flashinfer"), ("DeepseekV2ForCausalLM", "fa3"),
+                          ("Qwen3MoeForCausalLM", "triton"), ("DeepseekV3ForCausalLM", None)):
+        check(AtomConfig(backend="atom"), ServingSetup(
+            arch, dp_attention=True, dp_size=2, tp_size=2, moe_a2a_backend="none", prefill_delayer=False,
+            two_batch_overlap=True, disaggregation_mode="null", prefill_attention_backend=backend))
+
+
 def test_summary_marks_two_batch_overlap_experimental():
     from sglang_atom.validation import ServingSetup, summary
 
     on = ServingSetup("Qwen3MoeForCausalLM", dp_attention=True, dp_size=4, tp_size=4,
                       moe_a2a_backend="none", prefill_delayer=False, two_batch_overlap=True,
                       disaggregation_mode="null")
-    assert "tbo=prefill over all_gather/reduce_scatter by nccl (experimental: slower than" in summary(
+    assert "tbo=prefill over all_gather/reduce_scatter by nccl (experimental: 0.98-1.02x" in summary(
         AtomConfig(backend="atom"), on, plan("cuda"))
 
 
@@ -156,8 +169,8 @@ def test_copy_engine_transport_needs_cuda_and_one_node():
     ce = AtomConfig(backend="atom", tbo_comm="copy-engine")
     check(ce, on, "cuda")
     line = summary(ce, on, plan("cuda"))
-    assert "by copy-engine" in line and "copy-engine is UNVERIFIED in serving" in line
-    assert "UNVERIFIED" not in summary(AtomConfig(backend="atom"), on, plan("cuda"))
+    assert "by copy-engine" in line and "one that hung" in line
+    assert "hung" not in summary(AtomConfig(backend="atom"), on, plan("cuda"))
     with pytest.raises(AtomConfigError, match=re.escape("needs CUDA GPUs (PyTorch symmetric memory), "
                                                         "but this is rocm; pass --atom-tbo-comm nccl.")):
         check(ce, on, "rocm")

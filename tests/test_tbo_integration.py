@@ -5,7 +5,7 @@ its collectives by, and the agreement must drop the split everywhere SGLang's ga
 say it should. The layer execution itself needs a GPU (benchmarks/tbo_serving.py).
 """
 
-from sglang_helpers import last_json, run_python
+from sglang_helpers import CPU_ARGS, ROOT, last_json, run_python
 
 SCRIPT = r"""
 import json, pkgutil, random
@@ -56,3 +56,42 @@ def test_hooked_sglang_split_is_token_even_and_agreed():
                                  "modes_disagree": False}
     assert out["mode_cleared"] == {"prefill_big": False, "prefill_small": True, "decode": True,
                                    "modes_disagree": True}
+
+
+MLA_SCRIPT = r"""
+import json
+from types import SimpleNamespace
+from sglang.srt.server_args import prepare_server_args, set_global_server_args_for_scheduler
+set_global_server_args_for_scheduler(prepare_server_args(ARGV))  # the dispatch reads CP settings
+from sglang.srt.models.deepseek_common import attention_backend_handler as handler
+from sglang.srt.model_executor.forward_batch_info import ForwardMode
+from sglang_atom.integration.moe_layers import prefix_through_mha
+
+attn = SimpleNamespace(chunked_prefix_cache_threshold=8192, disable_chunked_prefix_cache=False,
+                       flashinfer_mla_disable_ragged=False)
+# the second half of an 8k prompt cut in the middle: 4096 new tokens over a 4096-token prefix
+half = SimpleNamespace(forward_mode=ForwardMode.EXTEND, extend_prefix_lens_cpu=[4096],
+                       seq_lens_cpu=[8192], attn_cp_metadata=None,
+                       get_max_chunk_capacity=lambda: 128 * 1024)
+out = {"plain": {}, "split": {}, "small": {}}
+for name in ("flashinfer", "fa3", "triton"):
+    pick = handler.AttentionBackendRegistry.get_handler(name)
+    out["plain"][name] = pick(attn, half).name
+    with prefix_through_mha(attn, 4096):
+        out["split"][name] = pick(attn, half).name
+    with prefix_through_mha(attn, 100):
+        out["small"][name] = pick(attn, half).name
+out["threshold_after"] = attn.chunked_prefix_cache_threshold
+print(json.dumps(out))
+"""
+
+
+def test_split_deepseek_micro_batch_takes_mha_for_its_prefix_in_sglang():
+    """SGLang's own MLA dispatch: a cut prompt's second half goes to absorbed MLA unless the
+    split lowers the prefix threshold (the 0.85x -> 1.01x of NOTES-tbo.md); triton ignores it."""
+    argv = ["--model-path", str(ROOT / "models" / "deepseek-v3-tiny"), *CPU_ARGS]
+    out = last_json(run_python(f"ARGV = {argv!r}\n" + MLA_SCRIPT, {}))
+    assert out["plain"] == {"flashinfer": "MLA", "fa3": "MLA", "triton": "MLA"}
+    assert out["split"] == {"flashinfer": "MHA_ONE_SHOT", "fa3": "MHA_ONE_SHOT", "triton": "MLA"}
+    assert out["small"] == out["plain"]
+    assert out["threshold_after"] == 8192

@@ -13,7 +13,11 @@ gathered rows of the others: every rank issues the same collectives in the same 
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from functools import lru_cache
+
+logger = logging.getLogger("sglang_atom")
 
 _QWEN3 = "sglang.srt.models.qwen3_moe.Qwen3MoeDecoderLayer"
 _DEEPSEEK = "sglang.srt.models.deepseek_v2.DeepseekV2DecoderLayer"
@@ -63,6 +67,48 @@ class SGLangMoeLayers:
         return layer.mlp(hidden, forward_batch)
 
 
+# A micro-batch of at least this many tokens on a rank runs a cached prefix through MHA over the
+# decompressed prefix instead of absorbed MLA. Decompressing costs about kv_lora x heads x
+# (qk_nope + v) x 2 FLOPs per prefix token; absorbed attention costs about heads x 2 x
+# (2 kv_lora + rope - qk - v) FLOPs more per (query, key) pair. They break even near 170 queries
+# at DeepSeek-V3 widths.
+MHA_MIN_EXTEND_TOKENS = 256
+
+
+@contextmanager
+def prefix_through_mha(attn, extend_tokens: int):
+    """While a split micro-batch runs: let SGLang take MHA for a cached prefix of any length.
+
+    The split's second half always has a prefix, namely the first half. SGLang 0.5.17 sends an
+    extend with a prefix under SGLANG_CHUNKED_PREFIX_CACHE_THRESHOLD (8192) through absorbed MLA.
+    Measured on 2xH200 (DeepSeek-V3 widths, flashinfer, 8k per rank), that took 10.7 ms for a
+    4k half against 3.7 ms of MHA for the whole 8k, and TBO ran at 0.85x. With the threshold
+    at 1 it ran at 1.01x. Only attention backends that read the threshold (flashinfer, fa3,
+    flashmla, cutlass_mla) benefit; triton always takes absorbed MLA for a prefix, which
+    validation refuses.
+    """
+    if extend_tokens < MHA_MIN_EXTEND_TOKENS:
+        yield
+        return
+    if not hasattr(attn, "chunked_prefix_cache_threshold"):
+        _warn_no_threshold()
+        yield
+        return
+    saved = attn.chunked_prefix_cache_threshold
+    attn.chunked_prefix_cache_threshold = 1
+    try:
+        yield
+    finally:
+        attn.chunked_prefix_cache_threshold = saved
+
+
+@lru_cache(maxsize=1)
+def _warn_no_threshold() -> None:
+    logger.warning("sglang-atom TBO: this SGLang's DeepSeek attention has no "
+                   "chunked_prefix_cache_threshold; a split prompt's second half may run absorbed "
+                   "MLA, which is slower for prefill.")
+
+
 class DeepseekMoeLayers(SGLangMoeLayers):
     """DeepSeek-V2/V3 sparse layers (MLA attention; shared experts are TP-sharded, so their
     output is part of the partial sum the reduce_scatter adds up)."""
@@ -74,7 +120,8 @@ class DeepseekMoeLayers(SGLangMoeLayers):
         from sglang.srt.layers.communicator import get_attn_tp_context
 
         fb = state["forward_batch"]
-        with layer.self_attn.maybe_use_decode_attn_tp(fb):
+        with (layer.self_attn.maybe_use_decode_attn_tp(fb),
+              prefix_through_mha(layer.self_attn, hidden.shape[0])):
             out = layer.self_attn(positions=state["positions"], hidden_states=hidden, forward_batch=fb,
                                   zero_allocator=state["zero_allocator"], llama_4_scaling=None,
                                   layer_scatter_modes=layer.layer_scatter_modes, prev_topk_indices=None)

@@ -63,6 +63,7 @@ def serving_setup(server_args, architecture: str | None) -> ServingSetup:
         shared_expert_tp1=_env_flag("SGLANG_SHARED_EXPERT_TP1"),
         nnodes=int(server_args.nnodes),
         dp_sync_skipped=_env_flag("SGLANG_SCHEDULER_SKIP_ALL_GATHER"),
+        prefill_attention_backend=server_args.prefill_attention_backend or server_args.attention_backend,
     )
 
 
