@@ -4,10 +4,11 @@
 
 Server i runs on GPUs [i*tp, (i+1)*tp) with `--tp TP --dp DP --enable-dp-attention --backend
 atom`; the router runs `--dp-aware --policy round_robin` over them (it reads each server's
-dp_size and pins every request to a rank). Load goes through the router with the same client as
-the other benchmarks. Requests per (server, DP rank) are counted from each server's "Prefill
-batch, #new-seq" log lines. Writes DIR/router.json (command, machine, date, distribution,
-client metrics) and the logs.
+dp_size and pins every request to a rank by adding `data_parallel_rank`, which SGLang 0.5.17's
+/generate honours only through `--backend atom`'s alias for `routed_dp_rank`). Load goes through
+the router to /generate with the same client as the other benchmarks. Requests per (server, DP
+rank) are counted from each server's "Prefill batch, #new-seq" log lines. Writes DIR/router.json
+(command, machine, date, distribution, client metrics) and the logs.
 """
 
 from __future__ import annotations

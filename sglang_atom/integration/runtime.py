@@ -15,7 +15,7 @@ from functools import lru_cache
 from .. import platform
 from ..config import AtomConfig
 from ..validation import ServingSetup, admission_active, summary, tbo_active
-from . import admission, symbols, tbo
+from . import admission, routing_compat, symbols, tbo
 
 logger = logging.getLogger("sglang_atom")
 
@@ -114,6 +114,7 @@ def runtime_hooks(launcher: bool):
     ]
     if launcher:
         hooks.append((symbols.DP_CONTROLLER_TARGET, DPControllerProcess, HookType.REPLACE))
+        hooks.append((symbols.HTTP_SERVER_TARGET, routing_compat.before_http_server, HookType.BEFORE))
     else:
         # Model-side hooks, in the processes that run the model. They change nothing unless
         # --enable-two-batch-overlap is on (SGLang only reaches them through its TBO paths).
@@ -133,8 +134,9 @@ def install(launcher: bool) -> None:
 
     hooks = runtime_hooks(launcher)
     targets = [target for target, _, _ in hooks]
+    reads = symbols.HTTP_SERVER_READS if launcher else tbo.READS
     try:
-        symbols.require(targets + list(symbols.OTHER_SYMBOLS) + ([] if launcher else list(tbo.READS)))
+        symbols.require(targets + list(symbols.OTHER_SYMBOLS) + list(reads))
     except symbols.SGLangMismatch as exc:
         raise AtomStartupError(f"sglang-atom: {exc}") from exc
     for target, hook, kind in hooks:

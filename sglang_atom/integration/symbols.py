@@ -30,6 +30,14 @@ MLP_SYNC_TARGETS = (
 # at a callable of ours that does (later SGLang releases call load_plugins() there themselves).
 DP_CONTROLLER_TARGET = "sglang.srt.entrypoints.engine.run_data_parallel_controller_process"
 
+# /generate's alias for sglang-router's `data_parallel_rank` (routing_compat.py): the launcher adds
+# it to SGLang's app just before SGLang starts serving that app.
+HTTP_SERVER_TARGET = "sglang.srt.entrypoints.http_server._setup_and_run_http_server"
+HTTP_SERVER_READS = (
+    "sglang.srt.entrypoints.http_server.app",
+    "sglang.srt.managers.io_struct.GenerateReqInput.routed_dp_rank",
+)
+
 # Other internals read by the hooks.
 OTHER_SYMBOLS = (
     "sglang.srt.managers.schedule_batch.NextBatchPlan",
