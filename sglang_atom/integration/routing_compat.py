@@ -4,8 +4,8 @@ sglang-router 0.3.2 with --dp-aware pins each request to a DP rank by adding `da
 to its JSON body. SGLang 0.5.17 renamed that field `routed_dp_rank`: its OpenAI request models
 still map the old name (protocol.py `_migrate_deprecated_dp_rank`), but /generate parses
 `GenerateReqInput`, which has no alias, so FastAPI drops the key and the DP controller places
-the request by its own load-balance method (round robin by default). This middleware applies SGLang's own mapping rule to /generate bodies.
-Delete it once the router sends `routed_dp_rank`.
+the request by its own load-balance method (round robin by default). This middleware applies
+SGLang's own mapping rule to /generate bodies. Delete it once the router sends `routed_dp_rank`.
 """
 
 from __future__ import annotations
