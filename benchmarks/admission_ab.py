@@ -89,11 +89,16 @@ SCENARIOS = {
 }
 
 
-def histogram_mean(before: dict, after: dict, name: str) -> float | None:
+def histogram_mean(before: dict, after: dict, name: str, label: str = "") -> float | None:
+    """Mean of a histogram's observations between two scrapes, over all its label sets or only
+    those whose labels contain `label` (e.g. 'pass="decode"')."""
     def total(d, suffix):
-        return sum(v for k, v in d.items() if k.startswith(name + suffix))
+        return sum(v for k, v in d.items() if k.startswith(name + suffix) and label in k)
     n = total(after, "_count") - total(before, "_count")
     return round((total(after, "_sum") - total(before, "_sum")) / n, 6) if n > 0 else None
+
+
+PADDING = "sglang:atom_gathered_rows_padding_ratio"
 
 
 def counter_delta(before: dict, after: dict, name: str) -> dict:
@@ -205,8 +210,12 @@ def main() -> int:
                                "repeat": rep,
                                "requests": n, "startup_s": round(startup, 1),
                                **summarize(records, secs, args.tp, conc),
-                               "padding_ratio_mean": histogram_mean(
-                                   before, after, "sglang:atom_gathered_rows_padding_ratio"),
+                               "padding_ratio_mean": histogram_mean(before, after, PADDING),
+                               # where the padding is: passes where some rank prefills, or none
+                               "padding_ratio_mean_extend": histogram_mean(
+                                   before, after, PADDING, 'pass="extend"'),
+                               "padding_ratio_mean_decode": histogram_mean(
+                                   before, after, PADDING, 'pass="decode"'),
                                "decisions": counter_delta(
                                    before, after, "sglang:atom_admission_decisions_total")}
                         result["runs"].append(row)

@@ -46,7 +46,9 @@ class AtomMetrics:
             padding=Histogram(
                 "sglang:atom_gathered_rows_padding_ratio",
                 "Per forward pass with DP attention: 1 - sum(rows) / (dp_size * max(rows)) over the "
-                "ranks' token rows, i.e. the padding share if every rank were padded to the largest.",
+                "ranks' token rows, i.e. the padding share if every rank were padded to the largest; "
+                "by pass: extend (some rank prefills) or decode (none does).",
+                ["pass"],
                 buckets=RATIO_BUCKETS,
             ),
             tbo_prefills=Counter(
@@ -65,8 +67,8 @@ class AtomMetrics:
         self.held_passes.observe(passes)
         self.held_seconds.observe(seconds)
 
-    def gathered_rows(self, ratio: float) -> None:
-        self.padding.observe(ratio)
+    def gathered_rows(self, ratio: float, extend: bool) -> None:
+        self.padding.labels("extend" if extend else "decode").observe(ratio)
 
     def tbo_prefill(self, split: bool) -> None:
         self.tbo_prefills.labels("yes" if split else "no").inc()

@@ -28,3 +28,28 @@ def test_everything_reported_passes_the_queue_through_untouched():
     scheduler = SimpleNamespace(waiting_queue=queue)
     admission._prefill_reported(SimpleNamespace(reported={"a"}), lambda s, rb: None, scheduler, None)
     assert scheduler.waiting_queue is queue
+
+
+def test_padding_is_recorded_by_pass_kind_and_tbo_splits_only_on_extend():
+    class Recorder:
+        def __init__(self):
+            self.rows, self.splits = [], []
+
+        def gathered_rows(self, ratio, extend):
+            self.rows.append((round(ratio, 3), extend))
+
+        def tbo_prefill(self, split):
+            self.splits.append(split)
+
+    metrics = Recorder()
+    scheduler = SimpleNamespace(_atom_metrics=metrics,
+                                server_args=SimpleNamespace(enable_two_batch_overlap=True))
+
+    def observe(**batch):
+        admission.observe_gathered_rows(SimpleNamespace(batch_to_run=SimpleNamespace(**batch)), scheduler)
+
+    observe(global_num_tokens=[2048, 1024], is_extend_in_batch=True, tbo_split_seq_index=0)
+    observe(global_num_tokens=[30, 34], is_extend_in_batch=False, tbo_split_seq_index=None)
+    admission.observe_gathered_rows(SimpleNamespace(batch_to_run=None), scheduler)  # an idle pass
+    assert metrics.rows == [(0.25, True), (0.059, False)]
+    assert metrics.splits == [True]

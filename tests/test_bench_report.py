@@ -145,3 +145,16 @@ def test_a_config_listed_again_gets_its_own_server_label():
 
     assert admission_ab.server_labels(["plain", "atom", "plain", "plain"]) == [
         "plain", "atom", "plain_2", "plain_3"]
+
+
+def test_padding_mean_overall_and_per_pass_kind():
+    import admission_ab
+
+    name = admission_ab.PADDING
+    before = {f'{name}_sum{{pass="extend"}}': 1.0, f'{name}_count{{pass="extend"}}': 10.0}
+    after = {f'{name}_sum{{pass="extend"}}': 3.0, f'{name}_count{{pass="extend"}}': 20.0,
+             f'{name}_sum{{pass="decode"}}': 0.5, f'{name}_count{{pass="decode"}}': 10.0}
+    assert admission_ab.histogram_mean(before, after, name, 'pass="extend"') == 0.2
+    assert admission_ab.histogram_mean(before, after, name, 'pass="decode"') == 0.05
+    assert admission_ab.histogram_mean(before, after, name) == 0.125  # 2.5 over 20 passes
+    assert admission_ab.histogram_mean(after, after, name) is None  # no passes in between

@@ -13,7 +13,8 @@ def exported():
     m.decision(Decision(fire=False, reason="align"))
     m.decision(Decision(fire=True, reason="fill"))
     m.hold_ended(passes=3, seconds=0.02)
-    m.gathered_rows(0.25)
+    m.gathered_rows(0.25, extend=True)
+    m.gathered_rows(0.05, extend=False)
     m.tbo_prefill(True)
     m.tbo_prefill(False)
     m.tbo_prefill(True)
@@ -25,8 +26,9 @@ def exported():
     'sglang:atom_admission_decisions_total{decision="fire",reason="fill"} 1.0',
     "sglang:atom_admission_held_passes_sum 3.0",
     'sglang:atom_admission_held_seconds_bucket{le="0.025"} 1.0',
-    'sglang:atom_gathered_rows_padding_ratio_bucket{le="0.2"} 0.0',
-    'sglang:atom_gathered_rows_padding_ratio_bucket{le="0.3"} 1.0',
+    'sglang:atom_gathered_rows_padding_ratio_bucket{le="0.2",pass="extend"} 0.0',
+    'sglang:atom_gathered_rows_padding_ratio_bucket{le="0.3",pass="extend"} 1.0',
+    'sglang:atom_gathered_rows_padding_ratio_bucket{le="0.05",pass="decode"} 1.0',
     'sglang:atom_tbo_prefill_passes_total{split="yes"} 2.0',
     'sglang:atom_tbo_prefill_passes_total{split="no"} 1.0',
 ])

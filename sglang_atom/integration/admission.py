@@ -154,11 +154,12 @@ def observe_gathered_rows(plan, scheduler, *args, **kwargs):
     batch = plan.batch_to_run
     if metrics is None or batch is None:
         return None
+    # is_extend_in_batch is the gathered "some rank prefills" bit, set on idle ranks too
+    extend = bool(getattr(batch, "is_extend_in_batch", False))
     tokens = getattr(batch, "global_num_tokens", None)
     if tokens:
-        metrics.gathered_rows(padding_ratio(tokens))
-    # is_extend_in_batch is the gathered "some rank prefills" bit, set on idle ranks too
-    if scheduler.server_args.enable_two_batch_overlap and getattr(batch, "is_extend_in_batch", False):
+        metrics.gathered_rows(padding_ratio(tokens), extend)
+    if scheduler.server_args.enable_two_batch_overlap and extend:
         metrics.tbo_prefill(getattr(batch, "tbo_split_seq_index", None) is not None)
     return None
 
