@@ -41,7 +41,8 @@ import torch.multiprocessing as mp
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from serving import provenance, record_json  # noqa: E402
-from sglang_atom.tbo.overlap import make_transport, micro_batch_program, run_interleaved  # noqa: E402
+from sglang_atom.tbo.overlap import (  # noqa: E402
+    limited_nccl_group, make_transport, micro_batch_program, run_interleaved)
 from sglang_atom.tbo.split import micro_batch_rows  # noqa: E402
 
 SHAPES = {
@@ -169,7 +170,8 @@ def measure(comm_kind, group, shape, world, rank, tokens, layers, device, dtype,
                 prof.export_chrome_trace(os.path.join(
                     args.profile, f"trace_{comm_kind}_{shape['name']}_{tokens}_{label}.json"))
     return {"comm": comm_kind, "shape": shape["name"], "tokens_per_rank": tokens, "layers": layers,
-            "world": world, "comm_priority": args.comm_priority, **derived(t)}
+            "world": world, "comm_priority": args.comm_priority, "nccl_max_ctas": args.nccl_max_ctas,
+            **derived(t)}
 
 
 def derived(t: dict) -> dict:
@@ -208,7 +210,10 @@ def worker(rank, world, args, init_file, queue):
     dist.init_process_group("nccl" if cuda else "gloo", init_method=f"file://{init_file}",
                             rank=rank, world_size=world, **({"device_id": device} if cuda else {}))
     group = dist.group.WORLD
-    if cuda and args.comm_priority == "high":
+    if cuda and args.nccl_max_ctas:
+        # the serving path's --atom-tbo-nccl-max-ctas
+        group = limited_nccl_group(list(range(world)), args.nccl_max_ctas, args.comm_priority == "high")
+    elif cuda and args.comm_priority == "high":
         # NCCL's kernels on a high-priority stream get SMs as soon as a GEMM wave retires,
         # instead of queueing behind every CTA of the GEMM that is running.
         opts = dist.ProcessGroupNCCL.Options(is_high_priority_stream=True)
@@ -253,6 +258,8 @@ def main() -> int:
                     help="transports to compare: nccl, copy-engine (CUDA only)")
     ap.add_argument("--comm-priority", choices=("default", "high"), default="default",
                     help="priority of the NCCL stream the collectives run on")
+    ap.add_argument("--nccl-max-ctas", type=int, default=0,
+                    help="run the NCCL collectives on a group limited to this many CTAs (0: NCCL's choice)")
     ap.add_argument("--profile", default="", help="write rank 0's chrome traces of one overlapped "
                     "and one serial forward per cell into this folder")
     ap.add_argument("--prior-symm-alloc", action="store_true",

@@ -96,6 +96,13 @@ class AtomConfig:
         "CUDA, one node).",
         choices=("nccl", "copy-engine"),
     )
+    tbo_nccl_max_ctas: int = _flag(
+        0,
+        "With --atom-tbo-comm nccl: run two-batch overlap's all_gather/reduce_scatter on their own "
+        "NCCL communicator limited to this many CTAs (SMs), leaving the rest to the other "
+        "micro-batch's GEMMs (0: NCCL's own choice, on SGLang's TP communicator).",
+        low=0, high=64,
+    )
 
     # MoE expert kernels.
     moe_kernel: str = _flag(

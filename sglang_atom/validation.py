@@ -82,6 +82,10 @@ def check_tbo(cfg: AtomConfig, setup: ServingSetup, platform: str) -> None:
         raise AtomConfigError(
             f"--atom-tbo-comm copy-engine needs CUDA GPUs (PyTorch symmetric memory), but this is "
             f"{platform}; pass --atom-tbo-comm nccl.")
+    if cfg.tbo_comm == "copy-engine" and cfg.tbo_nccl_max_ctas:
+        raise AtomConfigError(
+            "--atom-tbo-nccl-max-ctas limits NCCL's collectives, but --atom-tbo-comm copy-engine "
+            "uses none; drop one of the two.")
     if cfg.tbo_comm == "copy-engine" and setup.nnodes > 1:
         raise AtomConfigError(
             f"--atom-tbo-comm copy-engine maps peer GPU memory over NVLink within one node, but "
@@ -144,6 +148,8 @@ def summary(cfg: AtomConfig, setup: ServingSetup, plan: PlatformPlan) -> str:
         tbo = (f"tbo=prefill over all_gather/reduce_scatter by {cfg.tbo_comm} (experimental: "
                f"0.98-1.02x of prefill without it at 8k-16k tokens per rank on 2xH200, no gain shown "
                f"yet, see README)")
+        if cfg.tbo_nccl_max_ctas:
+            tbo += f" [NCCL limited to {cfg.tbo_nccl_max_ctas} CTAs: unmeasured]"
         if cfg.tbo_comm == "copy-engine":
             tbo += (" [copy-engine has one clean served run and one that hung; use --atom-tbo-comm "
                     "nccl unless you are testing it]")

@@ -35,6 +35,7 @@ def test_flags_parse():
     (["--atom-admission-stall-passes", "0"], "--atom-admission-stall-passes must be >= 1"),
     (["--atom-admission-kv-high", "2"], "--atom-admission-kv-high must be <= 1.0"),
     (["--atom-tbo-min-tokens", "1"], "--atom-tbo-min-tokens must be >= 2"),
+    (["--atom-tbo-nccl-max-ctas", "65"], "--atom-tbo-nccl-max-ctas must be <= 64"),
 ])
 def test_out_of_range_values_raise_with_the_flag_name(argv, message):
     with pytest.raises(AtomConfigError, match=message.replace(".", r"\.")):
@@ -178,6 +179,11 @@ def test_copy_engine_transport_needs_cuda_and_one_node():
         check(ce, replace(on, nnodes=2), "cuda")
     check(AtomConfig(backend="atom"), replace(on, nnodes=2), "rocm")  # nccl runs anywhere
     check(ce, replace(on, two_batch_overlap=False), "rocm")  # only matters with TBO on
+    limited = AtomConfig(backend="atom", tbo_nccl_max_ctas=8)
+    check(limited, on, "cuda")
+    assert "[NCCL limited to 8 CTAs: unmeasured]" in summary(limited, on, plan("cuda"))
+    with pytest.raises(AtomConfigError, match="uses none; drop one of the two"):
+        check(AtomConfig(backend="atom", tbo_comm="copy-engine", tbo_nccl_max_ctas=8), on, "cuda")
     with pytest.raises(AtomConfigError, match="--atom-tbo-comm must be one of nccl, copy-engine"):
         AtomConfig(backend="atom", tbo_comm="nvshmem").validate()
 
@@ -196,3 +202,12 @@ def test_admission_refuses_a_skipped_dp_sync():
         check(AtomConfig(backend="atom"), setup)
     check(AtomConfig(backend="atom", admission="off"), setup)  # nothing rides on it then
     check(AtomConfig(backend="atom"), replace(setup, dp_sync_skipped=False))
+
+
+def test_nccl_options_carry_the_cta_limit():
+    """What `limited_nccl_group` hands NCCL (the group itself needs GPUs)."""
+    from sglang_atom.tbo.overlap import nccl_options
+
+    opts = nccl_options(8, high_priority=True)
+    assert opts.config.max_ctas == 8 and opts.is_high_priority_stream
+    assert not nccl_options(2).is_high_priority_stream

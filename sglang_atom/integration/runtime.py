@@ -119,7 +119,7 @@ def runtime_hooks(launcher: bool):
         # Model-side hooks, in the processes that run the model. They change nothing unless
         # --enable-two-batch-overlap is on (SGLang only reaches them through its TBO paths).
         cfg = process_config()
-        hooks += tbo.hooks(cfg.tbo_min_tokens, cfg.tbo_comm)
+        hooks += tbo.hooks(cfg.tbo_min_tokens, cfg.tbo_comm, cfg.tbo_nccl_max_ctas)
     return hooks
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from ..tbo.overlap import make_transport, micro_batch_program, run_interleaved
+from ..tbo.overlap import limited_nccl_group, make_transport, micro_batch_program, run_interleaved
 from ..tbo.split import agree_split, micro_batch_rows, seq_cut
 from . import moe_layers
 
@@ -92,25 +92,34 @@ def before_decode_graph_capture(runner, *args, **kwargs):
 
 
 @lru_cache(maxsize=4)
-def _comm(kind: str, hidden: int, dtype, device):
-    """One transport and one set of persistent buffers per process (per hidden size/dtype)."""
+def _comm(kind: str, nccl_max_ctas: int, hidden: int, dtype, device):
+    """One transport and one set of persistent buffers per process (per hidden size/dtype).
+
+    Created at the first split forward, which every rank runs: so a CTA-limited NCCL group is
+    created by all ranks together."""
     from sglang.srt.distributed.parallel_state import get_tp_group
 
-    return make_transport(kind, get_tp_group().device_group, hidden, dtype, device)
+    tp = get_tp_group()
+    group = tp.device_group
+    if kind == "nccl" and nccl_max_ctas > 0:
+        group = limited_nccl_group(list(tp.ranks), nccl_max_ctas)
+    return make_transport(kind, group, hidden, dtype, device)
 
 
-def make_forward(comm_kind: str):
+def make_forward(comm_kind: str, nccl_max_ctas: int = 0):
     """AROUND hook of `model_forward_maybe_tbo`, moving rows with the `--atom-tbo-comm` transport."""
 
     def around(original, *args, **kwargs):
-        return around_model_forward_maybe_tbo(original, *args, comm_kind=comm_kind, **kwargs)
+        return around_model_forward_maybe_tbo(original, *args, comm_kind=comm_kind,
+                                              nccl_max_ctas=nccl_max_ctas, **kwargs)
 
     return around
 
 
 def around_model_forward_maybe_tbo(original, layers, enable_tbo, positions, forward_batch,
                                    hidden_states, input_data_scatter_mode, residual,
-                                   zero_allocator=None, *, comm_kind: str = "nccl"):
+                                   zero_allocator=None, *, comm_kind: str = "nccl",
+                                   nccl_max_ctas: int = 0):
     """Run SGLang's TBO layer range as two micro-batches over async all_gather/reduce_scatter."""
     from sglang.srt.batch_overlap import two_batch_overlap as tbo
     from sglang.srt.batch_overlap.operations import _resolve_tbo_child_contexts
@@ -137,7 +146,8 @@ def around_model_forward_maybe_tbo(original, layers, enable_tbo, positions, forw
                 f"sglang-atom TBO: micro-batch {mb} has {inp['hidden_states'].shape[0]} rows on DP "
                 f"rank {rank} but the token-even rule gives {rows[mb][rank]}; SGLang's split rule "
                 f"hook is not in effect.")
-    comm = _comm(comm_kind, hidden_states.shape[1], hidden_states.dtype, hidden_states.device)
+    comm = _comm(comm_kind, nccl_max_ctas, hidden_states.shape[1], hidden_states.dtype,
+                 hidden_states.device)
     for mb in (0, 1):
         comm.set_rows(mb, rows[mb])
     ops = ops_cls(layers, inputs)
@@ -152,14 +162,14 @@ def around_model_forward_maybe_tbo(original, layers, enable_tbo, positions, forw
     return tbo._model_forward_tbo_merge_outputs(*ops.outputs(), hidden_states.shape[0])
 
 
-def hooks(min_tokens: int, comm_kind: str = "nccl"):
+def hooks(min_tokens: int, comm_kind: str = "nccl", nccl_max_ctas: int = 0):
     from sglang.srt.plugins.hook_registry import HookType
 
     return [
         (TARGETS[0], split_extend_seqs, HookType.REPLACE),
         (TARGETS[1], is_two_chunk_split_enabled, HookType.REPLACE),
         (TARGETS[2], make_agreement(min_tokens), HookType.AFTER),
-        (TARGETS[3], make_forward(comm_kind), HookType.AROUND),
+        (TARGETS[3], make_forward(comm_kind, nccl_max_ctas), HookType.AROUND),
         (TARGETS[4], no_tbo_capture, HookType.REPLACE),
         (TARGETS[5], no_tbo_capture, HookType.REPLACE),
         (TARGETS[6], before_decode_graph_capture, HookType.BEFORE),

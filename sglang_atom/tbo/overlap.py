@@ -145,6 +145,24 @@ class OverlapComm(RowsAndBuffers):
         return out[: self.rows[mb][self.rank]]
 
 
+def limited_nccl_group(ranks: list[int], max_ctas: int, high_priority: bool = False):
+    """A new NCCL group of `ranks` whose kernels use at most `max_ctas` CTAs (SMs).
+
+    NCCL's collective kernels take SMs from the GEMMs they should hide behind: on 2xH200 they
+    stretched the other micro-batch's GEMMs by about 18%, more than the whole comm time
+    (benchmarks/results/NOTES-tbo.md). Fewer CTAs make the collectives slower but leave the GEMMs
+    their SMs. Every rank of `ranks` must call this at the same point (it is a collective).
+    """
+    return dist.new_group(ranks, backend="nccl", pg_options=nccl_options(max_ctas, high_priority),
+                          use_local_synchronization=True)
+
+
+def nccl_options(max_ctas: int, high_priority: bool = False):
+    opts = dist.ProcessGroupNCCL.Options(is_high_priority_stream=high_priority)
+    opts.config.max_ctas = max_ctas  # NCCL's minimum stays at its default of 1
+    return opts
+
+
 def make_transport(kind: str, group, hidden: int, dtype: torch.dtype, device) -> Transport:
     """`--atom-tbo-comm` value -> transport: "nccl" (c10d collectives) or "copy-engine"."""
     if kind == "copy-engine":
