@@ -170,8 +170,7 @@ def measure(comm_kind, group, shape, world, rank, tokens, layers, device, dtype,
                 prof.export_chrome_trace(os.path.join(
                     args.profile, f"trace_{comm_kind}_{shape['name']}_{tokens}_{label}.json"))
     return {"comm": comm_kind, "shape": shape["name"], "tokens_per_rank": tokens, "layers": layers,
-            "world": world, "comm_priority": args.comm_priority, "nccl_max_ctas": args.nccl_max_ctas,
-            **derived(t)}
+            "world": world, "comm_priority": args.comm_priority, **derived(t)}
 
 
 def derived(t: dict) -> dict:
@@ -210,10 +209,7 @@ def worker(rank, world, args, init_file, queue):
     dist.init_process_group("nccl" if cuda else "gloo", init_method=f"file://{init_file}",
                             rank=rank, world_size=world, **({"device_id": device} if cuda else {}))
     group = dist.group.WORLD
-    if cuda and args.nccl_max_ctas:
-        # the serving path's --atom-tbo-nccl-max-ctas
-        group = limited_nccl_group(list(range(world)), args.nccl_max_ctas, args.comm_priority == "high")
-    elif cuda and args.comm_priority == "high":
+    if cuda and args.comm_priority == "high":
         # NCCL's kernels on a high-priority stream get SMs as soon as a GEMM wave retires,
         # instead of queueing behind every CTA of the GEMM that is running.
         opts = dist.ProcessGroupNCCL.Options(is_high_priority_stream=True)
@@ -229,15 +225,25 @@ def worker(rank, world, args, init_file, queue):
         _SymmetricMemory.rendezvous(prior)
         torch.cuda.synchronize()
         dist.barrier(group=other)
-    rows = []
+    # (label, transport, CTA limit, group): NCCL once per --nccl-max-ctas value; a limit > 0 is
+    # the serving path's --atom-tbo-nccl-max-ctas, a communicator of its own
+    transports = []
     for comm_kind in args.comm.split(","):
+        limits = [int(n) for n in args.nccl_max_ctas.split(",")] if comm_kind == "nccl" and cuda else [0]
+        for n in limits:
+            transports.append((comm_kind if n == 0 else f"{comm_kind}-ctas{n}", comm_kind, n,
+                               group if n == 0 else limited_nccl_group(
+                                   list(range(world)), n, args.comm_priority == "high")))
+    rows = []
+    for label, comm_kind, max_ctas, comm_group in transports:
         for name in args.shapes.split(","):
             shape = dict(args.shape_table[name], name=name)
-            check(comm_kind, group, shape, world, rank, device, dtype, 2)
+            check(comm_kind, comm_group, shape, world, rank, device, dtype, 2)
             for tokens in [int(t) for t in args.tokens.split(",")]:
                 for layers in [int(n) for n in args.layers.split(",")]:
-                    rows.append(measure(comm_kind, group, shape, world, rank, tokens, layers, device,
-                                        dtype, args))
+                    row = measure(comm_kind, comm_group, shape, world, rank, tokens, layers, device,
+                                  dtype, args)
+                    rows.append(row | {"comm": label, "nccl_max_ctas": max_ctas})
                     if rank == 0:
                         print(json.dumps(rows[-1]), flush=True)
     if rank == 0:
@@ -258,8 +264,9 @@ def main() -> int:
                     help="transports to compare: nccl, copy-engine (CUDA only)")
     ap.add_argument("--comm-priority", choices=("default", "high"), default="default",
                     help="priority of the NCCL stream the collectives run on")
-    ap.add_argument("--nccl-max-ctas", type=int, default=0,
-                    help="run the NCCL collectives on a group limited to this many CTAs (0: NCCL's choice)")
+    ap.add_argument("--nccl-max-ctas", default="0",
+                    help="comma list; NCCL runs once per value, on a communicator limited to that many "
+                         "CTAs (0: the default communicator, NCCL's choice)")
     ap.add_argument("--profile", default="", help="write rank 0's chrome traces of one overlapped "
                     "and one serial forward per cell into this folder")
     ap.add_argument("--prior-symm-alloc", action="store_true",
