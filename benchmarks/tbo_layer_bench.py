@@ -42,7 +42,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from serving import provenance, record_json  # noqa: E402
 from sglang_atom.tbo.overlap import (  # noqa: E402
-    limited_nccl_group, make_transport, micro_batch_program, run_interleaved)
+    make_transport, micro_batch_program, nccl_group, run_interleaved)
 from sglang_atom.tbo.split import micro_batch_rows  # noqa: E402
 
 SHAPES = {
@@ -212,8 +212,7 @@ def worker(rank, world, args, init_file, queue):
     if cuda and args.comm_priority == "high":
         # NCCL's kernels on a high-priority stream get SMs as soon as a GEMM wave retires,
         # instead of queueing behind every CTA of the GEMM that is running.
-        opts = dist.ProcessGroupNCCL.Options(is_high_priority_stream=True)
-        group = dist.new_group(list(range(world)), backend="nccl", pg_options=opts)
+        group = nccl_group(list(range(world)), high_priority=True)
     if cuda and args.prior_symm_alloc:
         # What SGLang 0.5.17's custom all-reduce v2 does at start-up, before any TBO forward: a
         # symmetric allocation on another group of the same ranks (empty_strided_p2p with the
@@ -232,7 +231,7 @@ def worker(rank, world, args, init_file, queue):
         limits = [int(n) for n in args.nccl_max_ctas.split(",")] if comm_kind == "nccl" and cuda else [0]
         for n in limits:
             transports.append((comm_kind if n == 0 else f"{comm_kind}-ctas{n}", comm_kind, n,
-                               group if n == 0 else limited_nccl_group(
+                               group if n == 0 else nccl_group(
                                    list(range(world)), n, args.comm_priority == "high")))
     rows = []
     for label, comm_kind, max_ctas, comm_group in transports:

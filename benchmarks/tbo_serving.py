@@ -50,6 +50,7 @@ import random_checkpoint  # noqa: E402
 import trace_summary  # noqa: E402
 from serve_smoke import BASE_FLAGS  # noqa: E402
 from serving import Server, post_json, provenance, record_json  # noqa: E402
+from sglang_atom.validation import MLA_ARCHITECTURES  # noqa: E402
 
 SPLIT = re.compile(r'sglang:atom_tbo_prefill_passes_total\{split="(yes|no)"\} ([0-9.e+]+)')
 
@@ -82,7 +83,7 @@ def attention_flags(model: str) -> list[str]:
     """DeepSeek's MLA runs flashinfer attention: under triton a split prompt's second half runs
     absorbed MLA, and `--backend atom` refuses TBO there (both servers get the same backend)."""
     architectures = json.load(open(os.path.join(model, "config.json"))).get("architectures", [])
-    return ["--attention-backend", "flashinfer"] if any("Deepseek" in a for a in architectures) else []
+    return ["--attention-backend", "flashinfer"] if set(architectures) & set(MLA_ARCHITECTURES) else []
 
 
 def server_flags(model: str, dp: int, tbo_comm: str | None, extra: list[str]) -> list[str]:
@@ -174,9 +175,11 @@ def prefill_servers(args, out: dict, model: str, tokens_per_rank: int):
             yield name, tbo_comm, server, label
 
 
-def fresh_prompts(rng: random.Random, dp: int, tokens: int, per_rank: int = 1) -> list[tuple[int, list[int]]]:
+def fresh_prompts(rng: random.Random, dp: int, tokens: int,
+                  per_rank: int = 1) -> list[tuple[int, list[int]]]:
     """`per_rank` prompts of `tokens` random ids on every rank (fresh ids: no radix-cache hits)."""
-    return [(r, [rng.randrange(3, 30000) for _ in range(tokens)]) for _ in range(per_rank) for r in range(dp)]
+    return [(r, [rng.randrange(3, 30000) for _ in range(tokens)])
+            for _ in range(per_rank) for r in range(dp)]
 
 
 def perf(args, out: dict) -> None:
@@ -186,11 +189,11 @@ def perf(args, out: dict) -> None:
         for name, tbo_comm, server, label in prefill_servers(args, out, model, max(tokens)):
             rng = random.Random(1)
             rows = out.setdefault("runs", [])
+            k = args.prompts_per_rank
             for t in tokens:
                 times = []
                 # Warm-up waves are excluded: the first compiles kernels, and arrival jitter can
                 # give a wave a batch shape (one rank alone) that compiles another.
-                k = args.prompts_per_rank
                 for rep in range(args.warmup + args.repeats):
                     prompts = fresh_prompts(rng, dp, t, k)
                     t0 = time.perf_counter()
@@ -199,8 +202,9 @@ def perf(args, out: dict) -> None:
                         times.append((time.perf_counter() - t0) / k)
                 med = statistics.median(times)
                 rows.append({"model": name, "tbo": bool(tbo_comm), "tbo_comm": tbo_comm,
-                             "tokens_per_rank": t, "prompts_per_rank": k, "times_per_prompt_s": times, "median_s": round(med, 4),
-                             "min_s": round(min(times), 4), "prefill_tok_s": round(t * dp / med)})
+                             "tokens_per_rank": t, "prompts_per_rank": k, "times_per_prompt_s": times,
+                             "median_s": round(med, 4), "min_s": round(min(times), 4),
+                             "prefill_tok_s": round(t * dp / med)})
                 # the minimum beside the median: one stalled wave moved a 3-wave median by 30%
                 print(f"   {label} {t} tok/rank x {k}: median {med * 1000:.1f} ms per pass-worth "
                       f"(min {min(times) * 1000:.1f}), "

@@ -205,9 +205,10 @@ def test_admission_refuses_a_skipped_dp_sync():
 
 
 def test_nccl_options_carry_the_cta_limit():
-    """What `limited_nccl_group` hands NCCL (the group itself needs GPUs)."""
+    """What `nccl_group` hands NCCL (the group itself needs GPUs)."""
     from sglang_atom.tbo.overlap import nccl_options
 
     opts = nccl_options(8, high_priority=True)
     assert opts.config.max_ctas == 8 and opts.is_high_priority_stream
     assert not nccl_options(2).is_high_priority_stream
+    assert nccl_options().config.max_ctas < 0  # 0 asks for nothing: NCCL's unset sentinel stays

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from ..tbo.overlap import limited_nccl_group, make_transport, micro_batch_program, run_interleaved
+from ..tbo.overlap import make_transport, micro_batch_program, nccl_group, run_interleaved
 from ..tbo.split import agree_split, micro_batch_rows, seq_cut
 from . import moe_layers
 
@@ -102,7 +102,7 @@ def _comm(kind: str, nccl_max_ctas: int, hidden: int, dtype, device):
     tp = get_tp_group()
     group = tp.device_group
     if kind == "nccl" and nccl_max_ctas > 0:
-        group = limited_nccl_group(list(tp.ranks), nccl_max_ctas)
+        group = nccl_group(list(tp.ranks), nccl_max_ctas)
     return make_transport(kind, group, hidden, dtype, device)
 
 

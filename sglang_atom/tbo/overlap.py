@@ -145,8 +145,9 @@ class OverlapComm(RowsAndBuffers):
         return out[: self.rows[mb][self.rank]]
 
 
-def limited_nccl_group(ranks: list[int], max_ctas: int, high_priority: bool = False):
-    """A new NCCL group of `ranks` whose kernels use at most `max_ctas` CTAs (SMs).
+def nccl_group(ranks: list[int], max_ctas: int = 0, high_priority: bool = False):
+    """A new NCCL group of `ranks` whose kernels use at most `max_ctas` CTAs (SMs; 0: NCCL's
+    choice), on a high-priority stream if asked.
 
     NCCL's collective kernels take SMs from the GEMMs they should hide behind: on 2xH200 they
     stretched the other micro-batch's GEMMs by about 18%, more than the whole comm time
@@ -157,9 +158,10 @@ def limited_nccl_group(ranks: list[int], max_ctas: int, high_priority: bool = Fa
                           use_local_synchronization=True)
 
 
-def nccl_options(max_ctas: int, high_priority: bool = False):
+def nccl_options(max_ctas: int = 0, high_priority: bool = False):
     opts = dist.ProcessGroupNCCL.Options(is_high_priority_stream=high_priority)
-    opts.config.max_ctas = max_ctas  # NCCL's minimum stays at its default of 1
+    if max_ctas > 0:
+        opts.config.max_ctas = max_ctas  # NCCL's minimum stays at its default of 1
     return opts
 
 
