@@ -2,13 +2,15 @@
 
     python3 benchmarks/router_cluster.py --out DIR [--servers 2 --tp 2 --dp 2] [--requests 512]
 
-Server i runs on GPUs [i*tp, (i+1)*tp) with `--tp TP --dp DP --enable-dp-attention --backend
-atom`; the router runs `--dp-aware --policy round_robin` over them (it reads each server's
-dp_size and pins every request to a rank by adding `data_parallel_rank`, which SGLang 0.5.17's
-/generate honours only through `--backend atom`'s alias for `routed_dp_rank`). Load goes through
-the router to /generate with the same client as the other benchmarks. Requests per (server, DP
-rank) are counted from each server's "Prefill batch, #new-seq" log lines. Writes DIR/router.json
-(command, machine, date, distribution, client metrics) and the logs.
+Server i runs on GPUs [i*tp, (i+1)*tp) (modulo --gpus: on a machine with fewer GPUs than
+servers x tp the servers share them, e.g. two DP2 servers on 2xH200) with `--tp TP --dp DP
+--enable-dp-attention --backend atom`; the router runs `--dp-aware --policy round_robin` over
+them (it reads each server's dp_size and pins every request to a rank by adding
+`data_parallel_rank`, which SGLang 0.5.17's /generate honours only through `--backend atom`'s
+alias for `routed_dp_rank`). Load goes through the router to /generate with the same client as
+the other benchmarks. Requests per (server, DP rank) are counted from each server's "Prefill
+batch, #new-seq" log lines. Writes DIR/router.json (command, machine, date, distribution, client
+metrics) and the logs.
 """
 
 from __future__ import annotations
@@ -58,22 +60,40 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=512)
     ap.add_argument("--concurrency", type=int, default=128)
     ap.add_argument("--port", type=int, default=30000)
+    ap.add_argument("--gpus", type=int, default=0,
+                    help="GPUs on the machine (default servers x tp); with fewer, the servers "
+                         "share them, start one after another and take --shared-mem-fraction each")
+    ap.add_argument("--shared-mem-fraction", type=float, default=0.4)
     args = ap.parse_args()
+    gpus_total = args.gpus or args.servers * args.tp
+    if gpus_total < args.tp:
+        ap.error(f"--gpus {gpus_total} is fewer than --tp {args.tp}")
+    shared = gpus_total < args.servers * args.tp
     os.makedirs(args.out, exist_ok=True)
-    result = provenance()
+    result = {**provenance(), "gpus": gpus_total, "shared_gpus": shared}
     servers = []
     for i in range(args.servers):
-        gpus = ",".join(str(g) for g in range(i * args.tp, (i + 1) * args.tp))
+        gpus = ",".join(str((i * args.tp + g) % gpus_total) for g in range(args.tp))
         server_args = ["--model-path", args.model, "--tp", str(args.tp), "--dp", str(args.dp),
                        "--enable-dp-attention", "--backend", "atom", *BASE_FLAGS]
+        if shared:
+            # SGLang sizes the KV pool from the memory free when the server starts
+            # (kv_cache_configurator._profile_available_bytes), so sharing servers start one
+            # after another, each taking this fraction of what the earlier ones left.
+            server_args += ["--mem-fraction-static", str(args.shared_mem_fraction)]
         servers.append(Server(server_args, os.path.join(args.out, f"server{i}.log"),
                               port=server_port(args.port, i), env={"CUDA_VISIBLE_DEVICES": gpus}))
     router_log = open(os.path.join(args.out, "router.log"), "w")
     router = None
     try:
+        waiting = []
         for s in servers:
             s.__enter__()
-        for s in servers:
+            waiting.append(s)
+            if shared:  # see --mem-fraction-static above
+                print(f"{s.url} ready after {s.wait_ready():.0f} s", flush=True)
+                waiting.clear()
+        for s in waiting:
             print(f"{s.url} ready after {s.wait_ready():.0f} s", flush=True)
         cmd = [sys.executable, "-m", "sglang_router.launch_router", "--host", "127.0.0.1",
                "--port", str(args.port), "--policy", "round_robin", "--dp-aware",
