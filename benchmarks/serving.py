@@ -52,6 +52,21 @@ def _exit_on_sigterm(signum, frame):
     raise SystemExit(128 + signum)
 
 
+def ensure_port_free(port: int) -> None:
+    """Refuse a port some process listens on: a server left running by an earlier, killed run
+    answers there, and the readiness poll would then time that one (seen on 2xH200, 2026-11-22)."""
+    with socket.socket() as probe:
+        # SO_REUSEADDR: the previous server's closed connections sit in TIME_WAIT on the port for
+        # a minute and fail a plain bind (seen on 2xH200, 2026-11-22, between the two servers of
+        # one tbo_serving run); a socket still listening there fails the bind either way.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise RuntimeError(f"port {port} is in use: stop the process on it (a server left "
+                               f"from an earlier run?) or choose another --port") from None
+
+
 class Server:
     """`python -m sglang.launch_server ARGS` in its own process group, logging to a file."""
 
@@ -62,14 +77,7 @@ class Server:
         self.proc = None
 
     def __enter__(self):
-        # A server left running by an earlier, killed run answers on the same port, and the
-        # readiness poll would then time that one (seen on 2xH200, 2026-11-22).
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", self.port))
-            except OSError:
-                raise RuntimeError(f"port {self.port} is in use: stop the process on it (a server "
-                                   f"left from an earlier run?) or choose another --port") from None
+        ensure_port_free(self.port)
         # `timeout` and the device tool end a run with SIGTERM, which by default skips every
         # `with` block's exit and leaves the server (its own session) running: make it SystemExit.
         if (threading.current_thread() is threading.main_thread()

@@ -9,7 +9,7 @@ from pathlib import Path
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from serving import WORKLOADS, Workload, load, provenance, scrape, summarize  # noqa: E402
+from serving import WORKLOADS, Workload, ensure_port_free, load, provenance, scrape, summarize  # noqa: E402
 
 
 async def generate(request):
@@ -125,3 +125,26 @@ def test_sigterm_unwinds_a_benchmark_so_its_server_is_stopped(tmp_path):
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert "exited True" in proc.stdout, proc.stdout + proc.stderr
     assert "not reached" not in proc.stdout
+
+
+def test_port_probe_refuses_a_listener_and_accepts_time_wait():
+    import socket
+
+    import pytest
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    with pytest.raises(RuntimeError, match=f"port {port} is in use"):
+        ensure_port_free(port)
+    # The server side closing first leaves its end in TIME_WAIT on the port, as a stopped
+    # SGLang server's connections do; the next server may take the port.
+    client = socket.create_connection(("127.0.0.1", port))
+    conn, _ = listener.accept()
+    conn.close()
+    client.recv(1)
+    client.close()
+    listener.close()
+    ensure_port_free(port)
