@@ -44,6 +44,25 @@ for b in cases.values():
     agree(b)
 out["split_kept"] = {name: b.tbo_split_seq_index is not None for name, b in cases.items()}
 out["mode_cleared"] = {name: b.global_forward_mode is None for name, b in cases.items()}
+
+# A decode graph replay with TBO on: the graphs were captured without micro-batches, so only the
+# primary backend may get metadata (SGLang would otherwise split the replayed batch for the
+# children, which on flashinfer MLA raised KeyError for a batch size they never captured).
+from sglang.srt.layers.attention.tbo_backend import TboAttnBackend
+calls = []
+class Backend:
+    def __init__(self, name):
+        self.name, self.token_to_kv_pool, self.req_to_token_pool = name, None, None
+    def init_forward_metadata_out_graph(self, forward_batch, in_capture=False):
+        calls.append((self.name, forward_batch.batch_size))
+    def init_cuda_graph_state(self, max_bs, max_num_tokens):
+        calls.append((self.name, "state"))
+backend = TboAttnBackend(Backend("primary"), [Backend("child0"), Backend("child1")])
+backend.init_cuda_graph_state(max_bs=16, max_num_tokens=16)
+replay = SimpleNamespace(batch_size=4, forward_mode=ForwardMode.DECODE, spec_info=None,
+                         tbo_children=None)
+backend.init_forward_metadata_out_graph(replay)
+out["graph_calls"] = calls
 print(json.dumps(out))
 """
 
@@ -56,6 +75,7 @@ def test_hooked_sglang_split_is_token_even_and_agreed():
                                  "modes_disagree": False}
     assert out["mode_cleared"] == {"prefill_big": False, "prefill_small": True, "decode": True,
                                    "modes_disagree": True}
+    assert out["graph_calls"] == [["primary", "state"], ["primary", 4]]
 
 
 MLA_SCRIPT = r"""

@@ -11,7 +11,8 @@ SGLang still builds the two child ForwardBatches and their attention metadata
   each micro-batch's rows, interleaved with the other micro-batch's compute).
 
 Decode never splits, and decode CUDA graphs are captured without TBO (`--enable-two-batch-overlap`
-would otherwise capture TBO decode graphs, whose layer programs also assume all-to-all).
+would otherwise capture TBO decode graphs, whose layer programs also assume all-to-all), and the
+two child attention backends stay out of the graph paths.
 See docs/tbo-integration-sglang-0.5.17.md for the SGLang code this relies on.
 """
 
@@ -32,6 +33,7 @@ TARGETS = (
     f"{_TBO}.TboCudaGraphRunnerPlugin.capture_one_batch_size",
     f"{_TBO}.TboCudaGraphRunnerPlugin.replay_prepare",
     "sglang.srt.model_executor.runner.decode_cuda_graph_runner.DecodeCudaGraphRunner.capture",
+    "sglang.srt.layers.attention.tbo_backend.TboAttnBackend._children_use_cuda_graph",
 )
 READS = (
     f"{_TBO}._model_forward_tbo_split_inputs",
@@ -89,6 +91,14 @@ def before_decode_graph_capture(runner, *args, **kwargs):
     # Read again at replay (`can_run_graph` would otherwise demand a TBO split of every decode).
     runner.enable_two_batch_overlap = False
     return None
+
+
+def children_outside_graphs(*args, **kwargs) -> bool:
+    """REPLACE of TboAttnBackend._children_use_cuda_graph: decode graphs run on the primary
+    backend alone. Otherwise every replay also builds the children's metadata for a TBO split of
+    the decode batch that never runs: wasted work on triton, and on flashinfer MLA a KeyError,
+    since the children never captured those batch sizes (seen on 2xH200, 2026-11-22)."""
+    return False
 
 
 @lru_cache(maxsize=4)
@@ -173,4 +183,5 @@ def hooks(min_tokens: int, comm_kind: str = "nccl", nccl_max_ctas: int = 0):
         (TARGETS[4], no_tbo_capture, HookType.REPLACE),
         (TARGETS[5], no_tbo_capture, HookType.REPLACE),
         (TARGETS[6], before_decode_graph_capture, HookType.BEFORE),
+        (TARGETS[7], children_outside_graphs, HookType.REPLACE),
     ]
