@@ -12,15 +12,17 @@ workload x concurrency x repeat with the same client and requests, scrapes sglan
 metrics around each run, and stops the server. `--calibrate` adds step-time probes (prefill
 TTFT by size, decode ITL by batch) on the first config, for the simulator's step-time model.
 Writes DIR/ab.json (command, machine, date, every run), one server log per config, and the
-report (DIR/report/summary.md and plots). A config whose server does not start is recorded with
-the end of its log and the matrix goes on. Stops starting new work once --deadline-s has passed
-so the run ends inside the device's limit.
+report (DIR/report/summary.md and plots). A config whose server does not start or dies during
+its runs is recorded with the end of its log (its finished rows kept) and the matrix goes on.
+Stops starting new work once --deadline-s has passed so the run ends inside the device's limit.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import importlib.util
+import json
 import os
 import re
 import sys
@@ -52,10 +54,35 @@ CONFIGS = {
     # turns CUDA graphs off, since normal mode cannot be captured
     "deepep_tbo_normal": ["--moe-a2a-backend", "deepep", "--deepep-mode", "normal",
                           "--moe-runner-backend", "deep_gemm", "--enable-two-batch-overlap"],
+    # DeepEP EP mode without TBO: what SGLang 0.5.17 can serve for Qwen3-MoE (see KNOWN_BROKEN)
+    "deepep_normal": ["--moe-a2a-backend", "deepep", "--deepep-mode", "normal",
+                      "--moe-runner-backend", "deep_gemm"],
 }
 
 # Python packages a config's server needs beyond SGLang: checked before starting it.
 REQUIRES = {"deepep_tbo": ("deep_ep", "deep_gemm"), "deepep_tbo_normal": ("deep_ep", "deep_gemm")}
+
+
+# Config x architecture pairs SGLang 0.5.17 itself cannot serve: not started, recorded with why.
+KNOWN_BROKEN = {
+    ("deepep_tbo", "Qwen3MoeForCausalLM"): "qwen3_moe.py op_gate",
+    ("deepep_tbo_normal", "Qwen3MoeForCausalLM"): "qwen3_moe.py op_gate",
+}
+BROKEN_WHY = (
+    "SGLang 0.5.17's Qwen3-MoE TBO layer ops ({where}) route no tokens on a padded IDLE batch "
+    "while DeepEP dispatches its padded rows, so a rank that idles during decode crashes "
+    "(DeepEP: 'is_token_in_rank.size(0) == x.size(0)', seen on 2xH200, 2026-11-22); "
+    "DeepSeek's op_gate got the fix upstream (sgl-project/sglang#27510). Use deepep_normal.")
+
+
+def architecture(model_dir: str) -> str:
+    with open(os.path.join(model_dir, "config.json")) as f:
+        return json.load(f)["architectures"][0]
+
+
+def known_broken(config: str, model_dir: str) -> str | None:
+    where = KNOWN_BROKEN.get((config, architecture(model_dir)))
+    return BROKEN_WHY.format(where=where) if where else None
 
 
 def server_labels(configs: list[str]) -> list[str]:
@@ -81,8 +108,14 @@ SCENARIOS = {
                                configs="plain,delayer,atom", concurrency="64,128,256", repeats=2,
                                cuda_graph=True),
     "inferencex-dp4": dict(model="models/qwen3-moe-tiny", tp=4, dp=4, workloads="1k1k,8k1k",
-                           configs="plain,delayer,atom,atom_tbo,deepep_tbo", concurrency="64,128,256,512",
-                           repeats=2, cuda_graph=True),
+                           configs="plain,delayer,atom,atom_tbo,deepep_normal",
+                           concurrency="64,128,256,512", repeats=2, cuda_graph=True),
+    # DeepEP with SGLang's own TBO runs for DeepSeek architectures only (KNOWN_BROKEN)
+    # (flashinfer: --backend atom refuses DeepSeek TBO on triton, whose MLA ignores the MHA switch)
+    "inferencex-dp4-dsv3": dict(model="models/deepseek-v3-width", tp=4, dp=4, workloads="1k1k,8k1k",
+                                configs="plain,atom,atom_tbo,deepep_tbo_normal",
+                                concurrency="64,128,256", repeats=2, cuda_graph=True,
+                                extra="--attention-backend flashinfer"),
     "inferencex-dp8": dict(model="models/qwen3-moe-tiny", tp=8, dp=8, workloads="1k1k,8k1k",
                            configs="plain,delayer,atom,atom_tbo", concurrency="64,128,256,512", repeats=2,
                            cuda_graph=True),
@@ -148,8 +181,66 @@ def parse_args(argv=None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def main() -> int:
-    args = parse_args()
+def log_tail(path: str, chars: int = 3000) -> str:
+    with open(path) as f:
+        return f.read()[-chars:]
+
+
+def run_config(args, name: str, label: str, base: list[str], calibrate_here: bool, t0: float,
+               result: dict) -> None:
+    """Start one config's server, warm it up, run its workload x concurrency x repeat cells."""
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    print(f"== {label}: starting ({time.time() - t0:.0f} s elapsed)", flush=True)
+    log_path = os.path.join(args.out, f"server_{label}.log")
+    with Server(base + CONFIGS[name], log_path) as server:
+        startup = server.wait_ready()
+        # Warm-up: one wave per workload and concurrency, so the batch shapes the runs hit
+        # are compiled before timing (Triton kernels compile per shape bucket; a warm-up at
+        # the top concurrency alone left multi-second stalls in the lower ones).
+        warm_s = 0.0
+        for wname in args.workloads.split(","):
+            for conc in concurrencies:
+                _, secs = load(server.url, WORKLOADS[wname].requests(conc, seed=99 + conc), conc)
+                warm_s += secs
+        print(f"   ready {startup:.0f} s, warm-up {warm_s:.0f} s", flush=True)
+        if calibrate_here:
+            result["calibration"] = {"config": name, **calibrate(server.url, args.dp)}
+            print(f"   calibration {result['calibration']}", flush=True)
+        for wname in args.workloads.split(","):
+            for conc in concurrencies:
+                n = max(args.min_requests, args.requests_per_client * conc)
+                for rep in range(args.repeats):
+                    # Fresh requests per repeat: a repeat of the same token ids would hit
+                    # the radix cache and skip most of its prefill.
+                    reqs = WORKLOADS[wname].requests(n, seed=1000 * conc + rep)
+                    if time.time() - t0 > args.deadline_s:
+                        result["skipped"].append(f"{label}/{wname}/c{conc}/r{rep}")
+                        continue
+                    before = scrape(server.get("/metrics"))
+                    records, secs = load(server.url, reqs, conc)
+                    after = scrape(server.get("/metrics"))
+                    row = {"config": name, "server": label, "workload": wname, "concurrency": conc,
+                           "repeat": rep,
+                           "requests": n, "startup_s": round(startup, 1),
+                           **summarize(records, secs, args.tp, conc),
+                           "padding_ratio_mean": histogram_mean(before, after, PADDING),
+                           # where the padding is: passes where some rank prefills, or none
+                           "padding_ratio_mean_extend": histogram_mean(
+                               before, after, PADDING, 'pass="extend"'),
+                           "padding_ratio_mean_decode": histogram_mean(
+                               before, after, PADDING, 'pass="decode"'),
+                           "decisions": counter_delta(
+                               before, after, "sglang:atom_admission_decisions_total")}
+                    result["runs"].append(row)
+                    record_json(os.path.join(args.out, "ab.json"), result)
+                    print(f"   {wname} c{conc} r{rep}: in {row['input_tok_s']:.0f} tok/s "
+                          f"(steady {row['steady_input_tok_s']:.0f}), "
+                          f"out {row['output_tok_s']:.0f} tok/s, TTFT {row['mean_ttft_ms']:.0f} ms, "
+                          f"pad {row['padding_ratio_mean']}, {secs:.1f} s", flush=True)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     t0 = time.time()
     result = {**provenance(), "runs": [], "skipped": []}
@@ -157,73 +248,28 @@ def main() -> int:
             "--enable-dp-attention", "--enable-metrics",
             *[f for f in BASE_FLAGS if not (args.cuda_graph and f == "--disable-cuda-graph")],
             *args.extra.split()]
-    concurrencies = [int(c) for c in args.concurrency.split(",")]
     configs = args.configs.split(",")
     for ci, (name, label) in enumerate(zip(configs, server_labels(configs))):
         if time.time() - t0 > args.deadline_s:
             result["skipped"].append(label)
             continue
         missing = missing_packages(name)
-        if missing:
-            reason = f"needs {', '.join(missing)}, not importable by {sys.executable}"
-            result["failed_configs"] = {**result.get("failed_configs", {}), label: reason}
+        reason = (f"needs {', '.join(missing)}, not importable by {sys.executable}" if missing
+                  else known_broken(name, args.model))
+        if reason:
+            result.setdefault("failed_configs", {})[label] = reason
             print(f"== {label}: not run: {reason}", flush=True)
             continue
-        server_args = base + CONFIGS[name]
-        print(f"== {label}: starting ({time.time() - t0:.0f} s elapsed)", flush=True)
-        log_path = os.path.join(args.out, f"server_{label}.log")
-        with Server(server_args, log_path) as server:
-            try:
-                startup = server.wait_ready()
-            except (RuntimeError, TimeoutError) as exc:
-                with open(log_path) as f:
-                    tail = f.read()[-3000:]
-                result["failed_configs"] = {**result.get("failed_configs", {}), label: f"{exc}\n{tail}"}
-                print(f"   {label} did not start: {exc}", flush=True)
-                continue
-            # Warm-up: one wave per workload and concurrency, so the batch shapes the runs hit
-            # are compiled before timing (Triton kernels compile per shape bucket; a warm-up at
-            # the top concurrency alone left multi-second stalls in the lower ones).
-            warm_s = 0.0
-            for wname in args.workloads.split(","):
-                for conc in concurrencies:
-                    _, secs = load(server.url, WORKLOADS[wname].requests(conc, seed=99 + conc), conc)
-                    warm_s += secs
-            print(f"   ready {startup:.0f} s, warm-up {warm_s:.0f} s", flush=True)
-            if args.calibrate and ci == 0:
-                result["calibration"] = {"config": name, **calibrate(server.url, args.dp)}
-                print(f"   calibration {result['calibration']}", flush=True)
-            for wname in args.workloads.split(","):
-                for conc in concurrencies:
-                    n = max(args.min_requests, args.requests_per_client * conc)
-                    for rep in range(args.repeats):
-                        # Fresh requests per repeat: a repeat of the same token ids would hit
-                        # the radix cache and skip most of its prefill.
-                        reqs = WORKLOADS[wname].requests(n, seed=1000 * conc + rep)
-                        if time.time() - t0 > args.deadline_s:
-                            result["skipped"].append(f"{label}/{wname}/c{conc}/r{rep}")
-                            continue
-                        before = scrape(server.get("/metrics"))
-                        records, secs = load(server.url, reqs, conc)
-                        after = scrape(server.get("/metrics"))
-                        row = {"config": name, "server": label, "workload": wname, "concurrency": conc,
-                               "repeat": rep,
-                               "requests": n, "startup_s": round(startup, 1),
-                               **summarize(records, secs, args.tp, conc),
-                               "padding_ratio_mean": histogram_mean(before, after, PADDING),
-                               # where the padding is: passes where some rank prefills, or none
-                               "padding_ratio_mean_extend": histogram_mean(
-                                   before, after, PADDING, 'pass="extend"'),
-                               "padding_ratio_mean_decode": histogram_mean(
-                                   before, after, PADDING, 'pass="decode"'),
-                               "decisions": counter_delta(
-                                   before, after, "sglang:atom_admission_decisions_total")}
-                        result["runs"].append(row)
-                        record_json(os.path.join(args.out, "ab.json"), result)
-                        print(f"   {wname} c{conc} r{rep}: in {row['input_tok_s']:.0f} tok/s "
-                              f"(steady {row['steady_input_tok_s']:.0f}), "
-                              f"out {row['output_tok_s']:.0f} tok/s, TTFT {row['mean_ttft_ms']:.0f} ms, "
-                              f"pad {row['padding_ratio_mean']}, {secs:.1f} s", flush=True)
+        try:
+            run_config(args, name, label, base, args.calibrate and ci == 0, t0, result)
+        except (OSError, http.client.HTTPException, RuntimeError, TimeoutError) as exc:
+            # A server that does not start, or dies mid-matrix (seen on 2xH200: DeepEP with TBO
+            # crashed on a padded idle batch and the next /metrics scrape was refused): record it
+            # with the end of its log, keep the rows it finished, and go on to the next config.
+            tail = log_tail(os.path.join(args.out, f"server_{label}.log"))
+            result.setdefault("failed_configs", {})[label] = f"{type(exc).__name__}: {exc}\n{tail}"
+            record_json(os.path.join(args.out, "ab.json"), result)
+            print(f"   {label} failed: {type(exc).__name__}: {exc}", flush=True)
     result["elapsed_s"] = round(time.time() - t0, 1)
     record_json(os.path.join(args.out, "ab.json"), result)
     if result["runs"]:

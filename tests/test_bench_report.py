@@ -113,7 +113,7 @@ def test_named_scenarios_fill_the_matrix_and_flags_override():
 
     args = admission_ab.parse_args(["--scenario", "inferencex-dp4", "--out", "x", "--repeats", "1"])
     assert (args.tp, args.dp, args.workloads, args.cuda_graph) == (4, 4, "1k1k,8k1k", True)
-    assert args.configs.split(",") == ["plain", "delayer", "atom", "atom_tbo", "deepep_tbo"]
+    assert args.configs.split(",") == ["plain", "delayer", "atom", "atom_tbo", "deepep_normal"]
     assert args.repeats == 1  # explicit flag wins over the scenario
     for spec in admission_ab.SCENARIOS.values():
         assert set(spec["configs"].split(",")) <= set(admission_ab.CONFIGS)
@@ -158,3 +158,64 @@ def test_padding_mean_overall_and_per_pass_kind():
     assert admission_ab.histogram_mean(before, after, name, 'pass="decode"') == 0.05
     assert admission_ab.histogram_mean(before, after, name) == 0.125  # 2.5 over 20 passes
     assert admission_ab.histogram_mean(after, after, name) is None  # no passes in between
+
+
+def test_a_server_dying_mid_matrix_is_recorded_and_the_matrix_goes_on(tmp_path, monkeypatch):
+    import json
+    import urllib.error
+
+    import admission_ab
+    from serving import Record
+
+    class FakeServer:
+        """'plain' dies after its warm-up (its /metrics refused); 'atom' answers."""
+        url = "http://127.0.0.1:9"
+
+        def __init__(self, args, log_path):
+            self.dies = "atom" not in args
+            with open(log_path, "w") as f:
+                f.write("Scheduler hit an exception: ...\n" if self.dies else "ok\n")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def wait_ready(self):
+            return 1.0
+
+        def get(self, path):
+            if self.dies:
+                raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+            return ""
+
+    def fake_load(url, reqs, concurrency, progress=""):
+        return [Record(input_len=len(ids), output_len=n, ttft=0.1, e2e=0.5) for ids, n in reqs], 1.0
+
+    monkeypatch.setattr(admission_ab, "Server", FakeServer)
+    monkeypatch.setattr(admission_ab, "load", fake_load)
+    assert admission_ab.main(["--configs", "plain,atom", "--concurrency", "4", "--repeats", "1",
+                              "--min-requests", "4", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "ab.json").read_text())
+    assert list(result["failed_configs"]) == ["plain"]
+    assert "URLError" in result["failed_configs"]["plain"]
+    assert "Scheduler hit an exception" in result["failed_configs"]["plain"]
+    assert [(r["config"], r["completed"]) for r in result["runs"]] == [("atom", 16)]  # 4 per client
+
+
+def test_configs_sglang_cannot_serve_for_an_architecture_are_not_started(tmp_path, monkeypatch):
+    import json
+
+    import admission_ab
+
+    assert "sgl-project/sglang#27510" in admission_ab.known_broken("deepep_tbo_normal",
+                                                                   "models/qwen3-moe-tiny")
+    assert admission_ab.known_broken("deepep_tbo_normal", "models/deepseek-v3-width") is None
+    assert admission_ab.known_broken("deepep_normal", "models/qwen3-moe-tiny") is None
+    monkeypatch.setattr(admission_ab, "missing_packages", lambda config: [])
+    monkeypatch.setattr(admission_ab, "Server", None)  # any server start would raise
+    assert admission_ab.main(["--configs", "deepep_tbo", "--model", "models/qwen3-moe-tiny",
+                              "--out", str(tmp_path)]) == 0
+    failed = json.loads((tmp_path / "ab.json").read_text())["failed_configs"]
+    assert "Use deepep_normal" in failed["deepep_tbo"]
