@@ -61,7 +61,8 @@ def generate(url: str, ids: list[int], rank: int, max_new: int, logprobs: bool) 
     body = {"input_ids": ids, "routed_dp_rank": rank,
             "sampling_params": {"temperature": 0.0, "max_new_tokens": max_new, "ignore_eos": True}}
     if logprobs:
-        body.update(return_logprob=True, logprob_start_len=0)
+        # top 2 per output position: a greedy token that differs is judged by the margin there
+        body.update(return_logprob=True, logprob_start_len=0, top_logprobs_num=2)
     return json.loads(post_json(url + "/generate", body))
 
 
@@ -155,11 +156,23 @@ def _logprobs(answer: dict) -> list[float]:
 
 
 def _compare(a: dict, b: dict) -> dict:
+    """b against the reference a. Where the greedy tokens first differ, `first_diff_margin` is a's
+    top-1 minus top-2 logprob there: a flip with a margin below the prompt logprobs' max delta is
+    a near-tie that bf16 noise of that size can turn (random weights give nearly flat logits),
+    not a mix-up of rows."""
     diffs = [abs(x - y) for x, y in zip(_logprobs(a), _logprobs(b))]
-    return {"same_output_ids": a["output_ids"] == b["output_ids"],
-            "output_ids": [a["output_ids"], b["output_ids"]],
-            "logprob_max_abs_diff": round(max(diffs), 5),
-            "logprob_mean_abs_diff": round(statistics.fmean(diffs), 6)}
+    out = {"same_output_ids": a["output_ids"] == b["output_ids"],
+           "output_ids": [a["output_ids"], b["output_ids"]],
+           "logprob_max_abs_diff": round(max(diffs), 5),
+           "logprob_mean_abs_diff": round(statistics.fmean(diffs), 6)}
+    first = next((i for i, (x, y) in enumerate(zip(a["output_ids"], b["output_ids"])) if x != y), None)
+    top = a["meta_info"].get("output_top_logprobs")
+    if first is not None and top:
+        best, second = sorted((t[0] for t in top[first]), reverse=True)[:2]
+        out["first_diff_position"] = first
+        out["first_diff_margin"] = round(best - second, 5)
+        out["flip_within_noise"] = best - second <= out["logprob_max_abs_diff"]
+    return out
 
 
 def prefill_servers(args, out: dict, model: str, tokens_per_rank: int):

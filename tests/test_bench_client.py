@@ -127,24 +127,40 @@ def test_sigterm_unwinds_a_benchmark_so_its_server_is_stopped(tmp_path):
     assert "not reached" not in proc.stdout
 
 
-def test_port_probe_refuses_a_listener_and_accepts_time_wait():
+def test_port_probe_accepts_a_port_whose_last_server_left_time_wait():
+    """A stopped server's connections linger in TIME_WAIT; the next server may take the port
+    (a plain bind refused it between the two servers of a tbo_serving check on 2xH200)."""
     import socket
-
-    import pytest
 
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", 0))
     listener.listen()
     port = listener.getsockname()[1]
-    with pytest.raises(RuntimeError, match=f"port {port} is in use"):
-        ensure_port_free(port)
-    # The server side closing first leaves its end in TIME_WAIT on the port, as a stopped
-    # SGLang server's connections do; the next server may take the port.
     client = socket.create_connection(("127.0.0.1", port))
     conn, _ = listener.accept()
-    conn.close()
+    conn.close()  # the server side closes first, so its end goes to TIME_WAIT
     client.recv(1)
     client.close()
     listener.close()
     ensure_port_free(port)
+
+
+def test_check_judges_a_greedy_flip_by_the_reference_margin():
+    import tbo_serving
+
+    def answer(prompt_lps, out_ids, tops):
+        return {"output_ids": out_ids, "meta_info": {
+            "input_token_logprobs": [[None, 0, None]] + [[lp, 0, None] for lp in prompt_lps],
+            "output_top_logprobs": [[[lp, tok, None] for lp, tok in pos] for pos in tops]}}
+
+    # plain picked 890 over 264 by 0.02 nats; TBO moved prompt logprobs by up to 0.09
+    plain = answer([-9.0, -9.2], [890, 264], [[(-5.00, 890), (-5.02, 264)], [(-4.0, 264), (-6.0, 1)]])
+    tbo = answer([-9.09, -9.2], [264, 264], [[(-5.01, 264), (-5.03, 890)], [(-4.0, 264), (-6.0, 1)]])
+    c = tbo_serving._compare(plain, tbo)
+    assert (c["same_output_ids"], c["first_diff_position"], c["first_diff_margin"]) == (False, 0, 0.02)
+    assert c["logprob_max_abs_diff"] == 0.09 and c["flip_within_noise"] is True
+    # the same flip against a clear winner (margin 2 nats) is not noise
+    clear = answer([-9.0, -9.2], [890, 264], [[(-3.0, 890), (-5.0, 264)], [(-4.0, 264), (-6.0, 1)]])
+    assert tbo_serving._compare(clear, tbo)["flip_within_noise"] is False
+    assert "first_diff_margin" not in tbo_serving._compare(plain, plain)
