@@ -40,6 +40,11 @@ def server_port(router_port: int, i: int) -> int:
     return router_port + SERVER_PORT_STRIDE * (i + 1)
 
 
+def server_gpus(i: int, tp: int, gpus: int) -> str:
+    """CUDA_VISIBLE_DEVICES of server i: the next tp GPUs, wrapping round on a smaller machine."""
+    return ",".join(str((i * tp + g) % gpus) for g in range(tp))
+
+
 def admitted_per_rank(log_path: str) -> dict[int, int]:
     counts = collections.Counter()
     with open(log_path) as f:
@@ -73,7 +78,6 @@ def main() -> int:
     result = {**provenance(), "gpus": gpus_total, "shared_gpus": shared}
     servers = []
     for i in range(args.servers):
-        gpus = ",".join(str((i * args.tp + g) % gpus_total) for g in range(args.tp))
         server_args = ["--model-path", args.model, "--tp", str(args.tp), "--dp", str(args.dp),
                        "--enable-dp-attention", "--backend", "atom", *BASE_FLAGS]
         if shared:
@@ -82,7 +86,8 @@ def main() -> int:
             # after another, each taking this fraction of what the earlier ones left.
             server_args += ["--mem-fraction-static", str(args.shared_mem_fraction)]
         servers.append(Server(server_args, os.path.join(args.out, f"server{i}.log"),
-                              port=server_port(args.port, i), env={"CUDA_VISIBLE_DEVICES": gpus}))
+                              port=server_port(args.port, i),
+                              env={"CUDA_VISIBLE_DEVICES": server_gpus(i, args.tp, gpus_total)}))
     router_log = open(os.path.join(args.out, "router.log"), "w")
     router = None
     try:

@@ -164,3 +164,13 @@ def test_check_judges_a_greedy_flip_by_the_reference_margin():
     clear = answer([-9.0, -9.2], [890, 264], [[(-3.0, 890), (-5.0, 264)], [(-4.0, 264), (-6.0, 1)]])
     assert tbo_serving._compare(clear, tbo)["flip_within_noise"] is False
     assert "first_diff_margin" not in tbo_serving._compare(plain, plain)
+
+
+def test_router_cluster_places_servers_on_their_own_gpus_or_shares_a_smaller_machine():
+    from router_cluster import server_gpus, server_port
+
+    assert [server_gpus(i, 2, 4) for i in range(2)] == ["0,1", "2,3"]  # 4xH200: a pair each
+    assert [server_gpus(i, 2, 2) for i in range(2)] == ["0,1", "0,1"]  # 2xH200: shared
+    assert [server_gpus(i, 1, 4) for i in range(4)] == ["0", "1", "2", "3"]
+    # SGLang 0.5.17 takes ports P+233.. for a server on P: servers 100 apart do not collide
+    assert [server_port(30000, i) for i in range(2)] == [30100, 30200]
