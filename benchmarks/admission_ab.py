@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import importlib.util
-import json
 import os
 import re
 import sys
@@ -31,7 +30,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from serve_smoke import BASE_FLAGS  # noqa: E402
 import report  # noqa: E402
-from serving import WORKLOADS, Server, Workload, load, provenance, record_json, scrape, summarize  # noqa: E402
+from serving import (  # noqa: E402
+    WORKLOADS, Server, Workload, load, model_config, provenance, record_json, scrape, summarize)
 
 CONFIGS = {
     "plain": [],
@@ -54,35 +54,32 @@ CONFIGS = {
     # turns CUDA graphs off, since normal mode cannot be captured
     "deepep_tbo_normal": ["--moe-a2a-backend", "deepep", "--deepep-mode", "normal",
                           "--moe-runner-backend", "deep_gemm", "--enable-two-batch-overlap"],
-    # DeepEP EP mode without TBO: what SGLang 0.5.17 can serve for Qwen3-MoE (see KNOWN_BROKEN)
+    # DeepEP EP mode without TBO: what SGLang 0.5.17 can serve for Qwen3-MoE (see known_broken)
     "deepep_normal": ["--moe-a2a-backend", "deepep", "--deepep-mode", "normal",
                       "--moe-runner-backend", "deep_gemm"],
 }
 
-# Python packages a config's server needs beyond SGLang: checked before starting it.
-REQUIRES = {"deepep_tbo": ("deep_ep", "deep_gemm"), "deepep_tbo_normal": ("deep_ep", "deep_gemm")}
+def uses_deepep(config: str) -> bool:
+    return "deepep" in CONFIGS[config]
 
 
-# Config x architecture pairs SGLang 0.5.17 itself cannot serve: not started, recorded with why.
-KNOWN_BROKEN = {
-    ("deepep_tbo", "Qwen3MoeForCausalLM"): "qwen3_moe.py op_gate",
-    ("deepep_tbo_normal", "Qwen3MoeForCausalLM"): "qwen3_moe.py op_gate",
-}
-BROKEN_WHY = (
-    "SGLang 0.5.17's Qwen3-MoE TBO layer ops ({where}) route no tokens on a padded IDLE batch "
-    "while DeepEP dispatches its padded rows, so a rank that idles during decode crashes "
-    "(DeepEP: 'is_token_in_rank.size(0) == x.size(0)', seen on 2xH200, 2026-11-22); "
+# Python packages a DeepEP config's server needs beyond SGLang: checked before starting it.
+DEEPEP_PACKAGES = ("deep_ep", "deep_gemm")
+
+# Why SGLang 0.5.17 itself cannot serve DeepEP with its TBO for Qwen3-MoE (such a config is
+# recorded with this, not started).
+QWEN3_DEEPEP_TBO_BROKEN = (
+    "SGLang 0.5.17's Qwen3-MoE TBO layer ops (qwen3_moe.py op_gate) route no tokens on a padded "
+    "IDLE batch while DeepEP dispatches its padded rows, so a rank that idles during decode "
+    "crashes (DeepEP: 'is_token_in_rank.size(0) == x.size(0)', seen on 2xH200, 2026-11-22); "
     "DeepSeek's op_gate got the fix upstream (sgl-project/sglang#27510). Use deepep_normal.")
 
 
-def architecture(model_dir: str) -> str:
-    with open(os.path.join(model_dir, "config.json")) as f:
-        return json.load(f)["architectures"][0]
-
-
 def known_broken(config: str, model_dir: str) -> str | None:
-    where = KNOWN_BROKEN.get((config, architecture(model_dir)))
-    return BROKEN_WHY.format(where=where) if where else None
+    if (uses_deepep(config) and "--enable-two-batch-overlap" in CONFIGS[config]
+            and "Qwen3MoeForCausalLM" in model_config(model_dir)["architectures"]):
+        return QWEN3_DEEPEP_TBO_BROKEN
+    return None
 
 
 def server_labels(configs: list[str]) -> list[str]:
@@ -97,7 +94,8 @@ def server_labels(configs: list[str]) -> list[str]:
 
 
 def missing_packages(config: str) -> list[str]:
-    return [m for m in REQUIRES.get(config, ()) if importlib.util.find_spec(m) is None]
+    needed = DEEPEP_PACKAGES if uses_deepep(config) else ()
+    return [m for m in needed if importlib.util.find_spec(m) is None]
 
 
 SCENARIOS = {
@@ -110,7 +108,7 @@ SCENARIOS = {
     "inferencex-dp4": dict(model="models/qwen3-moe-tiny", tp=4, dp=4, workloads="1k1k,8k1k",
                            configs="plain,delayer,atom,atom_tbo,deepep_normal",
                            concurrency="64,128,256,512", repeats=2, cuda_graph=True),
-    # DeepEP with SGLang's own TBO runs for DeepSeek architectures only (KNOWN_BROKEN)
+    # DeepEP with SGLang's own TBO runs for DeepSeek architectures only (known_broken)
     # (flashinfer: --backend atom refuses DeepSeek TBO on triton, whose MLA ignores the MHA switch)
     "inferencex-dp4-dsv3": dict(model="models/deepseek-v3-width", tp=4, dp=4, workloads="1k1k,8k1k",
                                 configs="plain,atom,atom_tbo,deepep_tbo_normal",

@@ -48,6 +48,12 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float, what: str) -> No
     raise TimeoutError(f"{what} not ready after {timeout} s")
 
 
+def model_config(model_dir: str) -> dict:
+    """A shipped model directory's HF config.json."""
+    with open(os.path.join(model_dir, "config.json")) as f:
+        return json.load(f)
+
+
 def _exit_on_sigterm(signum, frame):
     raise SystemExit(128 + signum)
 

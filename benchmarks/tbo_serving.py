@@ -49,7 +49,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import random_checkpoint  # noqa: E402
 import trace_summary  # noqa: E402
 from serve_smoke import BASE_FLAGS  # noqa: E402
-from serving import Server, post_json, provenance, record_json  # noqa: E402
+from serving import Server, model_config, post_json, provenance, record_json  # noqa: E402
 from sglang_atom.validation import MLA_ARCHITECTURES  # noqa: E402
 
 SPLIT = re.compile(r'sglang:atom_tbo_prefill_passes_total\{split="(yes|no)"\} ([0-9.e+]+)')
@@ -83,7 +83,7 @@ SERVER_EXTRA: list[str] = []  # --server-args, appended to every server's flags
 def attention_flags(model: str) -> list[str]:
     """DeepSeek's MLA runs flashinfer attention: under triton a split prompt's second half runs
     absorbed MLA, and `--backend atom` refuses TBO there (both servers get the same backend)."""
-    architectures = json.load(open(os.path.join(model, "config.json"))).get("architectures", [])
+    architectures = model_config(model).get("architectures", [])
     return ["--attention-backend", "flashinfer"] if set(architectures) & set(MLA_ARCHITECTURES) else []
 
 
@@ -118,7 +118,7 @@ def check(args, out: dict) -> None:
     dp = args.dp
     for model in args.models.split(","):
         name = os.path.basename(model.rstrip("/"))
-        vocab = json.load(open(os.path.join(model, "config.json")))["vocab_size"]
+        vocab = model_config(model)["vocab_size"]
         ckpt = random_checkpoint.write(model, f"/tmp/ckpt/{name}")
         chunk = 1024  # per rank; SGLang divides --chunked-prefill-size by dp
         lens1 = [[300, 700, 1500], [2600], [90, 1100]][:dp] + [[400]] * max(0, dp - 3)

@@ -128,6 +128,7 @@ def test_a_config_whose_packages_are_missing_is_reported_not_started(tmp_path, m
     # deep_ep is not installed here (deep_gemm is: SGLang 0.5.17 depends on sgl-deep-gemm); the
     # harness must say so, not crash in a server start or leave the config out silently.
     assert admission_ab.missing_packages("deepep_tbo") == ["deep_ep"]
+    assert admission_ab.missing_packages("deepep_normal") == ["deep_ep"]  # every DeepEP config
     assert admission_ab.missing_packages("plain") == []
     monkeypatch.setattr(admission_ab, "Server", None)  # any server start would raise
     monkeypatch.setattr("sys.argv", ["admission_ab.py", "--configs", "deepep_tbo,deepep_tbo", "--out",
