@@ -102,9 +102,13 @@ SCENARIOS = {
     "admission-dp4": dict(model="models/qwen3-moe-tiny", tp=4, dp=4, workloads="short,8k1k",
                           configs="plain,atom,delayer,atom_chunk0,plain", concurrency="64,128,256",
                           repeats=3, cuda_graph=True),
+    # Triton MLA at 128 heads keeps a float32 split-KV buffer per decode batch: graphs up to bs 512
+    # asked for 32 GiB and eager passes for 2-4 GiB more than the default pool left (4xH200,
+    # 2026-11-22); c256 at DP4 is 64 requests per rank
     "admission-dp4-dsv3": dict(model="models/deepseek-v3-width", tp=4, dp=4, workloads="short,8k1k",
                                configs="plain,delayer,atom", concurrency="64,128,256", repeats=2,
-                               cuda_graph=True),
+                               cuda_graph=True,
+                               extra="--cuda-graph-max-bs 128 --mem-fraction-static 0.7"),
     "inferencex-dp4": dict(model="models/qwen3-moe-tiny", tp=4, dp=4, workloads="1k1k,8k1k",
                            configs="plain,delayer,atom,atom_tbo,deepep_normal",
                            concurrency="64,128,256,512", repeats=2, cuda_graph=True),
