@@ -20,6 +20,7 @@ Stops starting new work once --deadline-s has passed so the run ends inside the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import importlib.util
 import os
@@ -31,7 +32,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from serve_smoke import BASE_FLAGS  # noqa: E402
 import report  # noqa: E402
 from serving import (  # noqa: E402
-    WORKLOADS, Server, Workload, load, model_config, provenance, record_json, scrape, summarize)
+    SERVER_PORT_STRIDE, WORKLOADS, Server, Workload, load, model_config, provenance, record_json, scrape,
+    shared_mem_fractions, summarize)
 
 CONFIGS = {
     "plain": [],
@@ -99,16 +101,18 @@ def missing_packages(config: str) -> list[str]:
 
 
 SCENARIOS = {
+    # Interleaved: sequential servers confounded config with order and session (see run_interleaved)
     "admission-dp4": dict(model="models/qwen3-moe-tiny", tp=4, dp=4, workloads="short,8k1k",
-                          configs="plain,atom,delayer,atom_chunk0,plain", concurrency="64,128,256",
-                          repeats=3, cuda_graph=True),
+                          configs="plain,atom,delayer", concurrency="64,128,256", repeats=3,
+                          cuda_graph=True, interleave=True, shared_mem_fraction=0.25),
     # Triton MLA at 128 heads keeps a float32 split-KV buffer per decode batch: graphs up to bs 512
-    # asked for 32 GiB and eager passes for 2-4 GiB more than the default pool left (4xH200,
-    # 2026-11-22); c256 at DP4 is 64 requests per rank
+    # asked for 32 GiB and eager passes for 2-4 GiB beyond a default-sized pool (4xH200,
+    # 2026-11-22); c256 at DP4 is 64 requests per rank. Three servers of 0.2 leave each ~15 GB
+    # for those buffers and activations.
     "admission-dp4-dsv3": dict(model="models/deepseek-v3-width", tp=4, dp=4, workloads="short,8k1k",
-                               configs="plain,delayer,atom", concurrency="64,128,256", repeats=2,
-                               cuda_graph=True,
-                               extra="--cuda-graph-max-bs 128 --mem-fraction-static 0.7"),
+                               configs="plain,atom,delayer", concurrency="64,128,256", repeats=2,
+                               cuda_graph=True, interleave=True, shared_mem_fraction=0.2,
+                               extra="--cuda-graph-max-bs 128"),
     "inferencex-dp4": dict(model="models/qwen3-moe-tiny", tp=4, dp=4, workloads="1k1k,8k1k",
                            configs="plain,delayer,atom,atom_tbo,deepep_normal",
                            concurrency="64,128,256,512", repeats=2, cuda_graph=True),
@@ -177,6 +181,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--cuda-graph", action="store_true",
                     help="keep SGLang's CUDA graphs on (the default flags turn them off)")
     ap.add_argument("--deadline-s", type=float, default=540)
+    ap.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=False,
+                    help="start every config's server at once on the same GPUs and run each cell on "
+                         "all of them in rotated order, so config and time are not confounded "
+                         "(--no-interleave: one server after another)")
+    ap.add_argument("--shared-mem-fraction", type=float, default=0.25,
+                    help="with --interleave: the share of GPU memory each server holds (weights + "
+                         "KV pool), unless --extra sets --mem-fraction-static")
     scenario = ap.parse_known_args(argv)[0].scenario
     if scenario:
         ap.set_defaults(**SCENARIOS[scenario])
@@ -188,90 +199,176 @@ def log_tail(path: str, chars: int = 3000) -> str:
         return f.read()[-chars:]
 
 
-def run_config(args, name: str, label: str, base: list[str], calibrate_here: bool, t0: float,
-               result: dict) -> None:
-    """Start one config's server, warm it up, run its workload x concurrency x repeat cells."""
-    concurrencies = [int(c) for c in args.concurrency.split(",")]
-    print(f"== {label}: starting ({time.time() - t0:.0f} s elapsed)", flush=True)
-    log_path = os.path.join(args.out, f"server_{label}.log")
-    with Server(base + CONFIGS[name], log_path) as server:
-        startup = server.wait_ready()
-        # Warm-up: one wave per workload and concurrency, so the batch shapes the runs hit
-        # are compiled before timing (Triton kernels compile per shape bucket; a warm-up at
-        # the top concurrency alone left multi-second stalls in the lower ones).
-        warm_s = 0.0
-        for wname in args.workloads.split(","):
-            for conc in concurrencies:
-                _, secs = load(server.url, WORKLOADS[wname].requests(conc, seed=99 + conc), conc)
-                warm_s += secs
-        print(f"   ready {startup:.0f} s, warm-up {warm_s:.0f} s", flush=True)
-        if calibrate_here:
-            result["calibration"] = {"config": name, **calibrate(server.url, args.dp)}
-            print(f"   calibration {result['calibration']}", flush=True)
-        for wname in args.workloads.split(","):
-            for conc in concurrencies:
-                n = max(args.min_requests, args.requests_per_client * conc)
-                for rep in range(args.repeats):
-                    # Fresh requests per repeat: a repeat of the same token ids would hit
-                    # the radix cache and skip most of its prefill.
-                    reqs = WORKLOADS[wname].requests(n, seed=1000 * conc + rep)
+# What a server that does not start, or dies mid-matrix, raises here (seen on 2xH200: DeepEP
+# with TBO crashed on a padded idle batch and the next /metrics scrape was refused).
+SERVER_FAILURES = (OSError, http.client.HTTPException, RuntimeError, TimeoutError)
+
+
+def rotation(items: list, k: int) -> list:
+    """`items` starting at position k (mod len): the server order of an interleaved A/B's k-th cell."""
+    k %= len(items)
+    return items[k:] + items[:k]
+
+
+def cells(args) -> list[tuple[str, int, int]]:
+    """(workload, concurrency, repeat) in the order they run."""
+    return [(w, int(c), rep) for w in args.workloads.split(",") for c in args.concurrency.split(",")
+            for rep in range(args.repeats)]
+
+
+def start(args, name: str, label: str, base: list[str], stack: contextlib.ExitStack,
+          port: int = 30000, mem_fraction: float | None = None) -> tuple[Server, float]:
+    """Start one config's server (stopped when `stack` closes), warm it up; return it and its
+    start-up seconds."""
+    flags = base + CONFIGS[name] + (["--mem-fraction-static", str(mem_fraction)] if mem_fraction else [])
+    server = stack.enter_context(Server(flags, os.path.join(args.out, f"server_{label}.log"), port=port))
+    startup = server.wait_ready()
+    # Warm-up: one wave per workload and concurrency, so the batch shapes the runs hit are
+    # compiled before timing (Triton kernels compile per shape bucket; a warm-up at the top
+    # concurrency alone left multi-second stalls in the lower ones).
+    warm_s = 0.0
+    for wname in args.workloads.split(","):
+        for conc in (int(c) for c in args.concurrency.split(",")):
+            _, secs = load(server.url, WORKLOADS[wname].requests(conc, seed=99 + conc), conc)
+            warm_s += secs
+    print(f"   {label} ready {startup:.0f} s, warm-up {warm_s:.0f} s", flush=True)
+    return server, startup
+
+
+ROWS = "sglang:atom_gathered_rows_total"
+
+
+def padding_row_share(before: dict, after: dict, pass_kind: str = "") -> float | None:
+    """Share of the gathered rows between two scrapes that were padding, over all passes or one
+    kind ('extend', 'decode'): the issue's "padding of gathered rows", where the histogram's
+    mean weighs a pass of three rows as much as a full one."""
+    def delta(rows: str) -> float:
+        return sum(v - before.get(k, 0.0) for k, v in after.items()
+                   if k.startswith(ROWS + "{") and f'rows="{rows}"' in k and f'pass="{pass_kind}' in k)
+    padding, real = delta("padding"), delta("real")
+    return round(padding / (padding + real), 6) if padding + real > 0 else None
+
+
+def run_cell(args, server: Server, name: str, label: str, startup: float, cell: tuple[str, int, int],
+             result: dict, slot: int | None = None) -> None:
+    """One timed run of one server, recorded as a row of ab.json."""
+    wname, conc, rep = cell
+    n = max(args.min_requests, args.requests_per_client * conc)
+    # Fresh requests per repeat (a repeat of the same token ids would hit the radix cache and
+    # skip most of its prefill), the same for every config.
+    reqs = WORKLOADS[wname].requests(n, seed=1000 * conc + rep)
+    before = scrape(server.get("/metrics"))
+    records, secs = load(server.url, reqs, conc)
+    after = scrape(server.get("/metrics"))
+    row = {"config": name, "server": label, "workload": wname, "concurrency": conc, "repeat": rep,
+           "requests": n, "startup_s": round(startup, 1),
+           **summarize(records, secs, args.tp, conc),
+           "padding_ratio_mean": histogram_mean(before, after, PADDING),
+           # where the padding is: passes where some rank prefills, or none
+           "padding_ratio_mean_extend": histogram_mean(before, after, PADDING, 'pass="extend"'),
+           "padding_ratio_mean_decode": histogram_mean(before, after, PADDING, 'pass="decode"'),
+           "padding_row_share": padding_row_share(before, after),
+           "padding_row_share_extend": padding_row_share(before, after, "extend"),
+           "padding_row_share_decode": padding_row_share(before, after, "decode"),
+           "decisions": counter_delta(before, after, "sglang:atom_admission_decisions_total")}
+    if slot is not None:
+        row["slot"] = slot  # its place in the cell's server order (interleaved A/B)
+    result["runs"].append(row)
+    record_json(os.path.join(args.out, "ab.json"), result)
+    print(f"   {label} {wname} c{conc} r{rep}: in {row['input_tok_s']:.0f} tok/s "
+          f"(steady {row['steady_input_tok_s']:.0f}), out {row['output_tok_s']:.0f} tok/s, "
+          f"TTFT {row['mean_ttft_ms']:.0f} ms, pad rows {row['padding_row_share']}, {secs:.1f} s",
+          flush=True)
+
+
+def record_failure(args, result: dict, label: str, exc: BaseException) -> None:
+    """Keep a failed server's reason and the end of its log; the matrix goes on."""
+    tail = log_tail(os.path.join(args.out, f"server_{label}.log"))
+    result.setdefault("failed_configs", {})[label] = f"{type(exc).__name__}: {exc}\n{tail}"
+    record_json(os.path.join(args.out, "ab.json"), result)
+    print(f"   {label} failed: {type(exc).__name__}: {exc}", flush=True)
+
+
+def run_sequential(args, servers: list[tuple[str, str]], base: list[str], t0: float,
+                   result: dict) -> None:
+    """One server at a time: start, warm up, every cell, stop."""
+    for i, (name, label) in enumerate(servers):
+        if time.time() - t0 > args.deadline_s:
+            result["skipped"].append(label)
+            continue
+        print(f"== {label}: starting ({time.time() - t0:.0f} s elapsed)", flush=True)
+        try:
+            with contextlib.ExitStack() as stack:
+                server, startup = start(args, name, label, base, stack)
+                if args.calibrate and i == 0:
+                    result["calibration"] = {"config": name, **calibrate(server.url, args.dp)}
+                    print(f"   calibration {result['calibration']}", flush=True)
+                for cell in cells(args):
                     if time.time() - t0 > args.deadline_s:
-                        result["skipped"].append(f"{label}/{wname}/c{conc}/r{rep}")
+                        result["skipped"].append(f"{label}/{cell[0]}/c{cell[1]}/r{cell[2]}")
                         continue
-                    before = scrape(server.get("/metrics"))
-                    records, secs = load(server.url, reqs, conc)
-                    after = scrape(server.get("/metrics"))
-                    row = {"config": name, "server": label, "workload": wname, "concurrency": conc,
-                           "repeat": rep,
-                           "requests": n, "startup_s": round(startup, 1),
-                           **summarize(records, secs, args.tp, conc),
-                           "padding_ratio_mean": histogram_mean(before, after, PADDING),
-                           # where the padding is: passes where some rank prefills, or none
-                           "padding_ratio_mean_extend": histogram_mean(
-                               before, after, PADDING, 'pass="extend"'),
-                           "padding_ratio_mean_decode": histogram_mean(
-                               before, after, PADDING, 'pass="decode"'),
-                           "decisions": counter_delta(
-                               before, after, "sglang:atom_admission_decisions_total")}
-                    result["runs"].append(row)
-                    record_json(os.path.join(args.out, "ab.json"), result)
-                    print(f"   {wname} c{conc} r{rep}: in {row['input_tok_s']:.0f} tok/s "
-                          f"(steady {row['steady_input_tok_s']:.0f}), "
-                          f"out {row['output_tok_s']:.0f} tok/s, TTFT {row['mean_ttft_ms']:.0f} ms, "
-                          f"pad {row['padding_ratio_mean']}, {secs:.1f} s", flush=True)
+                    run_cell(args, server, name, label, startup, cell, result)
+        except SERVER_FAILURES as exc:
+            record_failure(args, result, label, exc)
+
+
+def run_interleaved(args, servers: list[tuple[str, str]], base: list[str], t0: float,
+                    result: dict) -> None:
+    """Every server at once on the same GPUs (started one after another, each holding about
+    --shared-mem-fraction of the memory), then each cell on every server in a rotated order.
+    Sequential servers confound config with time: on 4xH200 the same config moved 10-20%
+    between sessions and with its place in the order, as much as the effects measured."""
+    fractions = shared_mem_fractions(len(servers), args.shared_mem_fraction)
+    live = []
+    with contextlib.ExitStack() as stack:
+        for i, (name, label) in enumerate(servers):
+            if time.time() - t0 > args.deadline_s:
+                result["skipped"].append(label)
+                continue
+            print(f"== {label}: starting ({time.time() - t0:.0f} s elapsed)", flush=True)
+            try:
+                live.append((name, label, *start(args, name, label, base, stack,
+                                                 port=30000 + SERVER_PORT_STRIDE * i,
+                                                 mem_fraction=fractions[i])))
+            except SERVER_FAILURES as exc:
+                record_failure(args, result, label, exc)
+        for k, cell in enumerate(cells(args)):
+            for slot, (name, label, server, startup) in enumerate(rotation(live, k)):
+                if label in result.get("failed_configs", {}):
+                    continue
+                if time.time() - t0 > args.deadline_s:
+                    result["skipped"].append(f"{label}/{cell[0]}/c{cell[1]}/r{cell[2]}")
+                    continue
+                try:
+                    run_cell(args, server, name, label, startup, cell, result, slot=slot)
+                except SERVER_FAILURES as exc:
+                    record_failure(args, result, label, exc)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     t0 = time.time()
-    result = {**provenance(), "runs": [], "skipped": []}
+    result = {**provenance(), "runs": [], "skipped": [], "interleaved": args.interleave}
     base = ["--model-path", args.model, "--tp", str(args.tp), "--dp", str(args.dp),
             "--enable-dp-attention", "--enable-metrics",
             *[f for f in BASE_FLAGS if not (args.cuda_graph and f == "--disable-cuda-graph")],
             *args.extra.split()]
+    if args.interleave and "--mem-fraction-static" in base:
+        raise SystemExit("--interleave gives each server its share of GPU memory itself: set "
+                         "--shared-mem-fraction instead of --mem-fraction-static in --extra")
     configs = args.configs.split(",")
-    for ci, (name, label) in enumerate(zip(configs, server_labels(configs))):
-        if time.time() - t0 > args.deadline_s:
-            result["skipped"].append(label)
-            continue
+    servers = []
+    for name, label in zip(configs, server_labels(configs)):
         missing = missing_packages(name)
         reason = (f"needs {', '.join(missing)}, not importable by {sys.executable}" if missing
                   else known_broken(name, args.model))
         if reason:
             result.setdefault("failed_configs", {})[label] = reason
             print(f"== {label}: not run: {reason}", flush=True)
-            continue
-        try:
-            run_config(args, name, label, base, args.calibrate and ci == 0, t0, result)
-        except (OSError, http.client.HTTPException, RuntimeError, TimeoutError) as exc:
-            # A server that does not start, or dies mid-matrix (seen on 2xH200: DeepEP with TBO
-            # crashed on a padded idle batch and the next /metrics scrape was refused): record it
-            # with the end of its log, keep the rows it finished, and go on to the next config.
-            tail = log_tail(os.path.join(args.out, f"server_{label}.log"))
-            result.setdefault("failed_configs", {})[label] = f"{type(exc).__name__}: {exc}\n{tail}"
-            record_json(os.path.join(args.out, "ab.json"), result)
-            print(f"   {label} failed: {type(exc).__name__}: {exc}", flush=True)
+        else:
+            servers.append((name, label))
+    (run_interleaved if args.interleave else run_sequential)(args, servers, base, t0, result)
     result["elapsed_s"] = round(time.time() - t0, 1)
     record_json(os.path.join(args.out, "ab.json"), result)
     if result["runs"]:

@@ -22,7 +22,7 @@ import sys
 
 # Metrics reduced to mean/min/max per group.
 METRICS = ["input_tok_s", "steady_input_tok_s", "output_tok_s", "total_tok_s_per_gpu", "output_tok_s_per_user",
-           "mean_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "padding_ratio_mean"]
+           "mean_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "padding_ratio_mean", "padding_row_share"]
 
 
 # ----------------------------------------------------------------------------- load
@@ -99,7 +99,7 @@ def markdown(aggregated: list[dict], metas: list[dict], baseline: str = "plain")
     base = {(a["workload"], a["concurrency"]): a["input_tok_s"]
             for a in aggregated if a["config"] == baseline}
     header = ["config", "concurrency", "repeats", "input tok/s", "steady input tok/s", "output tok/s", "tok/s/GPU",
-              "tok/s/user", "mean TTFT ms", "p99 TTFT ms", "padding ratio", f"x {baseline}"]
+              "tok/s/user", "mean TTFT ms", "p99 TTFT ms", "padding ratio", "padding rows", f"x {baseline}"]
     for workload in dict.fromkeys(a["workload"] for a in aggregated):
         rows = [a for a in aggregated if a["workload"] == workload]
         # concurrency-major with the baseline first, so each row sits next to what it is compared to
@@ -115,11 +115,13 @@ def markdown(aggregated: list[dict], metas: list[dict], baseline: str = "plain")
                      _span(a, "output_tok_s", ",.0f"),
                      _span(a, "total_tok_s_per_gpu", ",.0f"), _span(a, "output_tok_s_per_user", ".1f"),
                      _span(a, "mean_ttft_ms", ",.0f"), _span(a, "p99_ttft_ms", ",.0f"),
-                     _span(a, "padding_ratio_mean", ".3f"), ratio]
+                     _span(a, "padding_ratio_mean", ".3f"), _span(a, "padding_row_share", ".3f"), ratio]
             lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Values are mean [min-max] over repeats; steady input tok/s leaves out the first "
                  "wave and the tail of the closed loop; tok/s/GPU counts input + output tokens; "
+                 "padding ratio is the mean over passes of each pass's padding share, padding rows "
+                 "the share of all gathered rows that were padding; "
                  f"x {baseline} is the ratio of mean input tok/s to {baseline} at the same concurrency.")
     return "\n".join(lines) + "\n"
 

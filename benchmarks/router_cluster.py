@@ -25,15 +25,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from serve_smoke import BASE_FLAGS  # noqa: E402
-from serving import WORKLOADS, Server, load, provenance, record_json, summarize, wait_http  # noqa: E402
+from serving import (  # noqa: E402
+    SERVER_PORT_STRIDE, WORKLOADS, Server, load, provenance, record_json, shared_mem_fractions, summarize,
+    wait_http)
 
 NEW_SEQ = re.compile(r"DP(\d+) TP\d+\] Prefill batch, #new-seq: (\d+)")
-
-
-# SGLang 0.5.17 gives a server on HTTP port P its dist-init port P+233 and ZMQ ports from P+234
-# up (PortArgs.init_new), so servers on one machine on adjacent ports collide (seen on 4xH200,
-# benchmarks/results/2026-11-22-router-4xh200/). Space them by a round 100.
-SERVER_PORT_STRIDE = 100
 
 
 def server_port(router_port: int, i: int) -> int:
@@ -67,24 +63,27 @@ def main() -> int:
     ap.add_argument("--port", type=int, default=30000)
     ap.add_argument("--gpus", type=int, default=0,
                     help="GPUs on the machine (default servers x tp); with fewer, the servers "
-                         "share them, start one after another and take --shared-mem-fraction each")
+                         "share them, start one after another and hold about --shared-mem-fraction "
+                         "of each GPU's memory each")
     ap.add_argument("--shared-mem-fraction", type=float, default=0.4)
     args = ap.parse_args()
     gpus_total = args.gpus or args.servers * args.tp
     if gpus_total < args.tp:
         ap.error(f"--gpus {gpus_total} is fewer than --tp {args.tp}")
     shared = gpus_total < args.servers * args.tp
+    if shared and gpus_total % args.tp:
+        ap.error(f"--gpus {gpus_total} is not a multiple of --tp {args.tp}, so the servers would "
+                 "share GPUs unevenly")
+    groups = gpus_total // args.tp  # server i runs on GPU group i % groups
+    fractions = shared_mem_fractions(-(-args.servers // groups), args.shared_mem_fraction)
     os.makedirs(args.out, exist_ok=True)
     result = {**provenance(), "gpus": gpus_total, "shared_gpus": shared}
     servers = []
     for i in range(args.servers):
         server_args = ["--model-path", args.model, "--tp", str(args.tp), "--dp", str(args.dp),
                        "--enable-dp-attention", "--backend", "atom", *BASE_FLAGS]
-        if shared:
-            # SGLang sizes the KV pool from the memory free when the server starts
-            # (kv_cache_configurator._profile_available_bytes), so sharing servers start one
-            # after another, each taking this fraction of what the earlier ones left.
-            server_args += ["--mem-fraction-static", str(args.shared_mem_fraction)]
+        if shared:  # started one after another, see shared_mem_fractions
+            server_args += ["--mem-fraction-static", str(fractions[i // groups])]
         servers.append(Server(server_args, os.path.join(args.out, f"server{i}.log"),
                               port=server_port(args.port, i),
                               env={"CUDA_VISIBLE_DEVICES": server_gpus(i, args.tp, gpus_total)}))

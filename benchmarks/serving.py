@@ -58,6 +58,23 @@ def _exit_on_sigterm(signum, frame):
     raise SystemExit(128 + signum)
 
 
+# SGLang 0.5.17 gives a server on HTTP port P its dist-init port P+233 and ZMQ ports from P+234
+# up (PortArgs.init_new), so servers on one machine on adjacent ports collide (seen on 4xH200,
+# benchmarks/results/2026-11-22-router-4xh200/). Space them by a round 100.
+SERVER_PORT_STRIDE = 100
+
+
+def shared_mem_fractions(n: int, share: float) -> list[float]:
+    """--mem-fraction-static for n servers started one after another on the same GPUs, so that
+    each holds about `share` of the GPU's memory. SGLang 0.5.17 sizes a server's static memory
+    (weights + KV pool) as a fraction of the memory free when it starts
+    (kv_cache_configurator._profile_available_bytes), and server i starts with about
+    1 - i * share of it free."""
+    if not 0 < share or n * share >= 1:
+        raise ValueError(f"{n} servers of {share} of the GPU memory each do not fit on one GPU")
+    return [round(share / (1 - i * share), 3) for i in range(n)]
+
+
 def ensure_port_free(port: int) -> None:
     """Refuse a port some process listens on: a server left running by an earlier, killed run
     answers there, and the readiness poll would then time that one (seen on 2xH200, 2026-11-22)."""
@@ -118,8 +135,9 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-        # stray children (schedulers) of a crashed launcher
-        subprocess.run(["pkill", "-9", "-f", "sglang::"], check=False)
+        # stray children (schedulers) of a crashed launcher; only this server's session, since
+        # other servers may share the machine (admission_ab --interleave, router_cluster)
+        subprocess.run(["pkill", "-9", "-s", str(self.proc.pid), "-f", "sglang::"], check=False)
         self.log.close()
 
 

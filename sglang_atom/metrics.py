@@ -6,9 +6,10 @@ appear on the HTTP server's endpoint. Only TP rank 0 records (every rank decides
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .admission.policy import Decision
+from .admission.policy import Decision, padding_ratio
 
 HELD_PASSES_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 HELD_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -21,6 +22,7 @@ class AtomMetrics:
     held_passes: object
     held_seconds: object
     padding: object
+    rows: object
     tbo_prefills: object
 
     @classmethod
@@ -51,6 +53,14 @@ class AtomMetrics:
                 ["pass"],
                 buckets=RATIO_BUCKETS,
             ),
+            # The histogram weighs every pass the same, a drain pass of three requests as much as
+            # a full one; these sums give the share of all gathered rows that is padding.
+            rows=Counter(
+                "sglang:atom_gathered_rows_total",
+                "Gathered MoE token rows over DP ranks, by pass (extend/decode) and rows: real (the "
+                "ranks' own tokens) or padding (dp_size * max(rows) - sum(rows)).",
+                ["pass", "rows"],
+            ),
             tbo_prefills=Counter(
                 "sglang:atom_tbo_prefill_passes_total",
                 "Prefill passes with two-batch overlap on, by whether every rank ran them as two "
@@ -67,8 +77,13 @@ class AtomMetrics:
         self.held_passes.observe(passes)
         self.held_seconds.observe(seconds)
 
-    def gathered_rows(self, ratio: float, extend: bool) -> None:
-        self.padding.labels("extend" if extend else "decode").observe(ratio)
+    def gathered_rows(self, num_tokens: Sequence[int], extend: bool) -> None:
+        """One forward pass: every DP rank's token rows."""
+        kind = "extend" if extend else "decode"
+        self.padding.labels(kind).observe(padding_ratio(num_tokens))
+        real = sum(num_tokens)
+        self.rows.labels(kind, "real").inc(real)
+        self.rows.labels(kind, "padding").inc(max(num_tokens, default=0) * len(num_tokens) - real)
 
     def tbo_prefill(self, split: bool) -> None:
         self.tbo_prefills.labels("yes" if split else "no").inc()

@@ -35,8 +35,8 @@ def test_padding_is_recorded_by_pass_kind_and_tbo_splits_only_on_extend():
         def __init__(self):
             self.rows, self.splits = [], []
 
-        def gathered_rows(self, ratio, extend):
-            self.rows.append((round(ratio, 3), extend))
+        def gathered_rows(self, num_tokens, extend):
+            self.rows.append((num_tokens, extend))
 
         def tbo_prefill(self, split):
             self.splits.append(split)
@@ -51,5 +51,5 @@ def test_padding_is_recorded_by_pass_kind_and_tbo_splits_only_on_extend():
     observe(global_num_tokens=[2048, 1024], is_extend_in_batch=True, tbo_split_seq_index=0)
     observe(global_num_tokens=[30, 34], is_extend_in_batch=False, tbo_split_seq_index=None)
     admission.observe_gathered_rows(SimpleNamespace(batch_to_run=None), scheduler)  # an idle pass
-    assert metrics.rows == [(0.25, True), (0.059, False)]
+    assert metrics.rows == [([2048, 1024], True), ([30, 34], False)]
     assert metrics.splits == [True]

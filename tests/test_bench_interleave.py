@@ -1,0 +1,135 @@
+"""admission_ab --interleave (every config's server at once, cells in rotated order), the padding
+row share, and servers sharing one machine (memory fractions, stopping one leaves the others)."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import admission_ab  # noqa: E402
+import serving  # noqa: E402
+from serving import Record  # noqa: E402
+
+
+def test_rotation_puts_every_server_first_in_turn():
+    assert [admission_ab.rotation(["a", "b", "c"], k) for k in range(4)] == [
+        ["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
+
+
+def test_shared_mem_fractions_give_each_server_the_same_share_of_the_whole_gpu():
+    fractions = serving.shared_mem_fractions(3, 0.25)
+    assert fractions == [0.25, 0.333, 0.5]
+    free = 1.0
+    for f in fractions:  # SGLang takes its fraction of what is free when the server starts
+        assert f * free == pytest.approx(0.25, abs=1e-3)
+        free -= f * free
+    with pytest.raises(ValueError, match="do not fit"):
+        serving.shared_mem_fractions(4, 0.25)
+
+
+def test_padding_row_share_counts_rows_not_passes():
+    name = admission_ab.ROWS
+    before = {f'{name}{{pass="extend",rows="real"}}': 100.0,
+              f'{name}{{pass="extend",rows="padding"}}': 50.0}
+    after = {f'{name}{{pass="extend",rows="real"}}': 1100.0,
+             f'{name}{{pass="extend",rows="padding"}}': 150.0,
+             f'{name}{{pass="decode",rows="real"}}': 200.0,
+             f'{name}{{pass="decode",rows="padding"}}': 200.0}
+    assert admission_ab.padding_row_share(before, after, "extend") == pytest.approx(100 / 1100)
+    assert admission_ab.padding_row_share(before, after, "decode") == 0.5
+    assert admission_ab.padding_row_share(before, after) == pytest.approx(300 / 1500)
+    assert admission_ab.padding_row_share(after, after) is None  # no passes in between
+
+
+class FakeServer:
+    """Records when it starts and stops; 'delayer' dies at its second timed run."""
+    events: list = []
+
+    def __init__(self, args, log_path, port=30000):
+        self.args, self.port, self.url = args, port, f"http://127.0.0.1:{port}"
+        self.name = ("atom" if "atom" in args else
+                     "delayer" if "--enable-prefill-delayer" in args else "plain")
+        self.gets = 0
+        with open(log_path, "w") as f:
+            f.write(f"{self.name} log\n")
+
+    def __enter__(self):
+        FakeServer.events.append(("start", self.name))
+        return self
+
+    def __exit__(self, *exc):
+        FakeServer.events.append(("stop", self.name))
+        return False
+
+    def wait_ready(self):
+        return 1.0
+
+    def get(self, path):
+        self.gets += 1
+        if self.name == "delayer" and self.gets > 2:
+            raise ConnectionRefusedError(111, "Connection refused")
+        return ""
+
+
+@pytest.fixture
+def fake_servers(monkeypatch):
+    FakeServer.events = []
+    urls = []
+
+    def fake_load(url, reqs, concurrency, progress=""):
+        urls.append(url)
+        return [Record(input_len=len(ids), output_len=n, ttft=0.1, e2e=0.5) for ids, n in reqs], 1.0
+
+    monkeypatch.setattr(admission_ab, "Server", FakeServer)
+    monkeypatch.setattr(admission_ab, "load", fake_load)
+    return urls
+
+
+def test_interleaved_servers_run_side_by_side_and_take_turns(tmp_path, fake_servers):
+    assert admission_ab.main(["--interleave", "--configs", "plain,atom,delayer", "--concurrency", "4",
+                              "--repeats", "3", "--min-requests", "4", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "ab.json").read_text())
+    # all three up before any is stopped
+    assert FakeServer.events[:3] == [("start", "plain"), ("start", "atom"), ("start", "delayer")]
+    assert {e for e in FakeServer.events[3:]} == {("stop", "plain"), ("stop", "atom"), ("stop", "delayer")}
+    # each cell in rotated order; delayer's second run fails, it is recorded and the others go on
+    assert [(r["config"], r["repeat"], r["slot"]) for r in result["runs"]] == [
+        ("plain", 0, 0), ("atom", 0, 1), ("delayer", 0, 2),
+        ("atom", 1, 0),
+        ("plain", 1, 2),  # delayer, slot 1, failed here
+        ("plain", 2, 1), ("atom", 2, 2)]  # rotation 2 starts with delayer, now out
+    assert "ConnectionRefusedError" in result["failed_configs"]["delayer"]
+    assert "delayer log" in result["failed_configs"]["delayer"]
+    assert result["interleaved"] is True
+    # distinct ports, spaced for SGLang's port blocks; memory split so all three fit
+    assert sorted(set(fake_servers)) == ["http://127.0.0.1:30000", "http://127.0.0.1:30100",
+                                          "http://127.0.0.1:30200"]
+
+
+def test_interleave_refuses_a_fixed_memory_fraction(tmp_path, fake_servers):
+    with pytest.raises(SystemExit, match="--shared-mem-fraction"):
+        admission_ab.main(["--interleave", "--extra", "--mem-fraction-static 0.7",
+                           "--out", str(tmp_path)])
+
+
+def test_stopping_one_server_leaves_another_servers_processes(tmp_path):
+    """Server.__exit__ kills stray `sglang::` processes of its own session only."""
+    def sleeper(tag):  # a process whose command line carries SGLang's process-title prefix
+        return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", f"sglang::{tag}"],
+                                start_new_session=True)
+
+    mine, other = sleeper("mine"), sleeper("other")
+    try:
+        server = serving.Server([], str(tmp_path / "log"))
+        server.proc, server.log = mine, open(tmp_path / "log", "w")
+        server.__exit__(None, None, None)
+        assert mine.poll() is not None
+        time.sleep(0.2)
+        assert other.poll() is None, "another server's process was killed"
+    finally:
+        other.kill()
+        other.wait()
