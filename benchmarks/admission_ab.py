@@ -327,9 +327,11 @@ def run_interleaved(args, servers: list[tuple[str, str]], base: list[str], t0: f
                 continue
             print(f"== {label}: starting ({time.time() - t0:.0f} s elapsed)", flush=True)
             try:
-                live.append((name, label, *start(args, name, label, base, stack,
-                                                 port=30000 + SERVER_PORT_STRIDE * i,
-                                                 mem_fraction=fractions[i])))
+                with contextlib.ExitStack() as own:  # a server that fails to start stops at once
+                    live.append((name, label, *start(args, name, label, base, own,
+                                                     port=30000 + SERVER_PORT_STRIDE * i,
+                                                     mem_fraction=fractions[i])))
+                    stack.enter_context(own.pop_all())  # the others run until the matrix ends
             except SERVER_FAILURES as exc:
                 record_failure(args, result, label, exc)
         for k, cell in enumerate(cells(args)):

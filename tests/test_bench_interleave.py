@@ -66,6 +66,8 @@ class FakeServer:
         return False
 
     def wait_ready(self):
+        if self.name == "atom" and "--atom-admission" in self.args:  # the 'observe' config
+            raise TimeoutError("server did not answer in time")
         return 1.0
 
     def get(self, path):
@@ -108,6 +110,15 @@ def test_interleaved_servers_run_side_by_side_and_take_turns(tmp_path, fake_serv
     # distinct ports, spaced for SGLang's port blocks; memory split so all three fit
     assert sorted(set(fake_servers)) == ["http://127.0.0.1:30000", "http://127.0.0.1:30100",
                                           "http://127.0.0.1:30200"]
+
+
+def test_a_server_that_fails_to_start_is_stopped_before_the_others_run(tmp_path, fake_servers):
+    assert admission_ab.main(["--interleave", "--configs", "observe,plain", "--concurrency", "4",
+                              "--repeats", "1", "--min-requests", "4", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "ab.json").read_text())
+    assert FakeServer.events == [("start", "atom"), ("stop", "atom"), ("start", "plain"), ("stop", "plain")]
+    assert "TimeoutError" in result["failed_configs"]["observe"]
+    assert [r["config"] for r in result["runs"]] == ["plain"]
 
 
 def test_interleave_refuses_a_fixed_memory_fraction(tmp_path, fake_servers):
