@@ -289,25 +289,39 @@ def record_failure(args, result: dict, label: str, exc: BaseException) -> None:
     print(f"   {label} failed: {type(exc).__name__}: {exc}", flush=True)
 
 
+def past_deadline(args, t0: float, result: dict, what: str) -> bool:
+    """Whether --deadline-s has passed; if so `what` (a server, or server/cell) is recorded as
+    skipped."""
+    if time.time() - t0 <= args.deadline_s:
+        return False
+    result["skipped"].append(what)
+    return True
+
+
+def cell_name(label: str, cell: tuple[str, int, int]) -> str:
+    return f"{label}/{cell[0]}/c{cell[1]}/r{cell[2]}"
+
+
+def maybe_calibrate(args, server: Server, name: str, result: dict) -> None:
+    if args.calibrate and "calibration" not in result:
+        result["calibration"] = {"config": name, **calibrate(server.url, args.dp)}
+        print(f"   calibration {result['calibration']}", flush=True)
+
+
 def run_sequential(args, servers: list[tuple[str, str]], base: list[str], t0: float,
                    result: dict) -> None:
     """One server at a time: start, warm up, every cell, stop."""
-    for i, (name, label) in enumerate(servers):
-        if time.time() - t0 > args.deadline_s:
-            result["skipped"].append(label)
+    for name, label in servers:
+        if past_deadline(args, t0, result, label):
             continue
         print(f"== {label}: starting ({time.time() - t0:.0f} s elapsed)", flush=True)
         try:
             with contextlib.ExitStack() as stack:
                 server, startup = start(args, name, label, base, stack)
-                if args.calibrate and i == 0:
-                    result["calibration"] = {"config": name, **calibrate(server.url, args.dp)}
-                    print(f"   calibration {result['calibration']}", flush=True)
+                maybe_calibrate(args, server, name, result)
                 for cell in cells(args):
-                    if time.time() - t0 > args.deadline_s:
-                        result["skipped"].append(f"{label}/{cell[0]}/c{cell[1]}/r{cell[2]}")
-                        continue
-                    run_cell(args, server, name, label, startup, cell, result)
+                    if not past_deadline(args, t0, result, cell_name(label, cell)):
+                        run_cell(args, server, name, label, startup, cell, result)
         except SERVER_FAILURES as exc:
             record_failure(args, result, label, exc)
 
@@ -322,8 +336,7 @@ def run_interleaved(args, servers: list[tuple[str, str]], base: list[str], t0: f
     live = []
     with contextlib.ExitStack() as stack:
         for i, (name, label) in enumerate(servers):
-            if time.time() - t0 > args.deadline_s:
-                result["skipped"].append(label)
+            if past_deadline(args, t0, result, label):
                 continue
             print(f"== {label}: starting ({time.time() - t0:.0f} s elapsed)", flush=True)
             try:
@@ -334,12 +347,12 @@ def run_interleaved(args, servers: list[tuple[str, str]], base: list[str], t0: f
                     stack.enter_context(own.pop_all())  # the others run until the matrix ends
             except SERVER_FAILURES as exc:
                 record_failure(args, result, label, exc)
+        if live:
+            maybe_calibrate(args, live[0][2], live[0][0], result)
         for k, cell in enumerate(cells(args)):
             for slot, (name, label, server, startup) in enumerate(rotation(live, k)):
-                if label in result.get("failed_configs", {}):
-                    continue
-                if time.time() - t0 > args.deadline_s:
-                    result["skipped"].append(f"{label}/{cell[0]}/c{cell[1]}/r{cell[2]}")
+                if (label in result.get("failed_configs", {})
+                        or past_deadline(args, t0, result, cell_name(label, cell))):
                     continue
                 try:
                     run_cell(args, server, name, label, startup, cell, result, slot=slot)

@@ -144,3 +144,31 @@ def test_stopping_one_server_leaves_another_servers_processes(tmp_path):
     finally:
         other.kill()
         other.wait()
+
+
+@pytest.mark.parametrize("mode", ["--interleave", "--no-interleave"])
+def test_work_past_the_deadline_is_skipped_by_name(tmp_path, monkeypatch, mode):
+    from types import SimpleNamespace
+
+    clock = [0.0]
+
+    def slow_load(url, reqs, concurrency, progress=""):  # every wave (warm-up or timed) takes 10 s
+        clock[0] += 10.0
+        return [Record(input_len=len(ids), output_len=n, ttft=0.1, e2e=0.5) for ids, n in reqs], 10.0
+
+    FakeServer.events = []
+    monkeypatch.setattr(admission_ab, "Server", FakeServer)
+    monkeypatch.setattr(admission_ab, "load", slow_load)
+    monkeypatch.setattr(admission_ab, "time", SimpleNamespace(time=lambda: clock[0]))
+    assert admission_ab.main([mode, "--configs", "plain,atom", "--concurrency", "4", "--repeats", "2",
+                              "--min-requests", "4", "--deadline-s", "25", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "ab.json").read_text())
+    done = [(r["config"], r["repeat"]) for r in result["runs"]]
+    if mode == "--interleave":
+        # warm-ups at 10 and 20 s, plain r0 ends at 30 s: past the deadline from then on
+        assert done == [("plain", 0)]
+        assert result["skipped"] == ["atom/short/c4/r0", "atom/short/c4/r1", "plain/short/c4/r1"]
+    else:
+        # plain: warm-up 10 s, r0 20 s, r1 30 s; atom is never started
+        assert done == [("plain", 0), ("plain", 1)]
+        assert result["skipped"] == ["atom"]
