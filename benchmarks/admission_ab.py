@@ -332,7 +332,10 @@ def run_interleaved(args, servers: list[tuple[str, str]], base: list[str], t0: f
     --shared-mem-fraction of the memory), then each cell on every server in a rotated order.
     Sequential servers confound config with time: on 4xH200 the same config moved 10-20%
     between sessions and with its place in the order, as much as the effects measured."""
-    fractions = shared_mem_fractions(len(servers), args.shared_mem_fraction)
+    try:
+        fractions = shared_mem_fractions(len(servers), args.shared_mem_fraction)
+    except ValueError as exc:
+        raise SystemExit(f"{exc}: lower --shared-mem-fraction or run fewer configs") from None
     live = []
     with contextlib.ExitStack() as stack:
         for i, (name, label) in enumerate(servers):

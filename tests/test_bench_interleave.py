@@ -125,6 +125,10 @@ def test_interleave_refuses_a_fixed_memory_fraction(tmp_path, fake_servers):
     with pytest.raises(SystemExit, match="--shared-mem-fraction"):
         admission_ab.main(["--interleave", "--extra", "--mem-fraction-static 0.7",
                            "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="lower --shared-mem-fraction"):
+        admission_ab.main(["--interleave", "--configs", "plain,atom,delayer,observe",
+                           "--out", str(tmp_path)])  # 4 x 0.25 is the whole GPU
+    assert FakeServer.events == []
 
 
 def test_stopping_one_server_leaves_another_servers_processes(tmp_path):
