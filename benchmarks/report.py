@@ -33,7 +33,7 @@ def load_runs(paths: list[str]) -> tuple[list[dict], list[dict]]:
         with open(path) as f:
             data = json.load(f)
         metas.append({"path": path, **{k: data.get(k, "") for k in ("command", "machine", "date")}})
-        rows.extend(data.get("runs", []))
+        rows.extend({**r, "_source": len(metas) - 1} for r in data.get("runs", []))
     return rows, metas
 
 
@@ -68,6 +68,39 @@ def aggregate(rows: list[dict]) -> list[dict]:
     return out
 
 
+def paired_ratios(rows: list[dict], baseline: str) -> dict[tuple, list[float]]:
+    """(workload, config, concurrency) -> input tok/s of each run over the baseline's run of the
+    same repeat in the same result file. With admission_ab --interleave such a pair ran minutes
+    apart on servers that were up side by side, so the spread of these ratios is the noise of
+    the comparison itself, which the ratio of means hides."""
+    base = {(r["_source"], r["workload"], r["concurrency"], r.get("repeat")): r.get("input_tok_s")
+            for r in rows if r["config"] == baseline}
+    out: dict[tuple, list[float]] = {}
+    for r in rows:
+        b = base.get((r["_source"], r["workload"], r["concurrency"], r.get("repeat")))
+        if r["config"] != baseline and b and r.get("input_tok_s") is not None and r.get("repeat") is not None:
+            out.setdefault((r["workload"], r["config"], r["concurrency"]), []).append(r["input_tok_s"] / b)
+    return out
+
+
+def slot_effects(rows: list[dict]) -> dict[str, dict[int, float]]:
+    """For interleaved runs (rows with a 'slot'): config -> {place in its cell's server order
+    (0 = first): mean of input tok/s over that config's mean in the same cell}. Values away
+    from 1.0 mean the order still matters."""
+    cells: dict[tuple, list[float]] = {}
+    for r in rows:
+        if r.get("slot") is not None and r.get("input_tok_s"):
+            cells.setdefault((r["_source"], r["workload"], r["config"], r["concurrency"]), []).append(
+                r["input_tok_s"])
+    rel: dict[str, dict[int, list[float]]] = {}
+    for r in rows:
+        key = (r.get("_source"), r["workload"], r["config"], r["concurrency"])
+        if key in cells:
+            rel.setdefault(r["config"], {}).setdefault(r["slot"], []).append(
+                r["input_tok_s"] / statistics.mean(cells[key]))
+    return {c: {slot: statistics.mean(v) for slot, v in sorted(by.items())} for c, by in rel.items()}
+
+
 # ----------------------------------------------------------------------------- markdown
 def _machine(text: str) -> str:
     """`nvidia-smi -L` output condensed to e.g. '4x NVIDIA H200'; anything else on one line."""
@@ -89,7 +122,16 @@ def _span(a: dict, m: str, spec: str) -> str:
     return f"{_fmt(mean, spec)} [{_fmt(lo, spec)}-{_fmt(hi, spec)}]"
 
 
-def markdown(aggregated: list[dict], metas: list[dict], baseline: str = "plain") -> str:
+def _ratios(values: list[float] | None) -> str:
+    if not values:
+        return ""
+    lo, hi = min(values), max(values)
+    mean = f"{statistics.mean(values):.2f}"
+    return mean if f"{lo:.2f}" == f"{hi:.2f}" else f"{mean} [{lo:.2f}-{hi:.2f}]"
+
+
+def markdown(aggregated: list[dict], metas: list[dict], baseline: str = "plain",
+             pairs: dict | None = None, slots: dict | None = None) -> str:
     lines = ["# Benchmark summary", "", "## Sources", ""]
     for m in metas:
         lines.append(f"- `{m['path']}`: {_machine(m['machine'])}, {m['date'] or '?'}")
@@ -99,7 +141,8 @@ def markdown(aggregated: list[dict], metas: list[dict], baseline: str = "plain")
     base = {(a["workload"], a["concurrency"]): a["input_tok_s"]
             for a in aggregated if a["config"] == baseline}
     header = ["config", "concurrency", "repeats", "input tok/s", "steady input tok/s", "output tok/s", "tok/s/GPU",
-              "tok/s/user", "mean TTFT ms", "p99 TTFT ms", "padding ratio", "padding rows", f"x {baseline}"]
+              "tok/s/user", "mean TTFT ms", "p99 TTFT ms", "padding ratio", "padding rows", f"x {baseline}, paired repeats",
+              f"x {baseline}"]
     for workload in dict.fromkeys(a["workload"] for a in aggregated):
         rows = [a for a in aggregated if a["workload"] == workload]
         # concurrency-major with the baseline first, so each row sits next to what it is compared to
@@ -115,14 +158,28 @@ def markdown(aggregated: list[dict], metas: list[dict], baseline: str = "plain")
                      _span(a, "output_tok_s", ",.0f"),
                      _span(a, "total_tok_s_per_gpu", ",.0f"), _span(a, "output_tok_s_per_user", ".1f"),
                      _span(a, "mean_ttft_ms", ",.0f"), _span(a, "p99_ttft_ms", ",.0f"),
-                     _span(a, "padding_ratio_mean", ".3f"), _span(a, "padding_row_share", ".3f"), ratio]
+                     _span(a, "padding_ratio_mean", ".3f"), _span(a, "padding_row_share", ".3f"),
+                     _ratios((pairs or {}).get((workload, a["config"], a["concurrency"]))), ratio]
             lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Values are mean [min-max] over repeats; steady input tok/s leaves out the first "
                  "wave and the tail of the closed loop; tok/s/GPU counts input + output tokens; "
                  "padding ratio is the mean over passes of each pass's padding share, padding rows "
                  "the share of all gathered rows that were padding; "
-                 f"x {baseline} is the ratio of mean input tok/s to {baseline} at the same concurrency.")
+                 f"x {baseline} is the ratio of mean input tok/s to {baseline} at the same concurrency, "
+                 f"paired repeats the mean [min-max] of each repeat's ratio to {baseline}'s same repeat "
+                 "in the same result file.")
+    if slots:
+        width = max(len(v) for v in slots.values())
+        lines += ["", "## Place in the rotation (interleaved runs)", "",
+                  "Input tok/s of a config's runs at each place in their cell's server order (0 = "
+                  "first), over that config's mean in the cell; 1.00 everywhere means order does not "
+                  "matter.", "",
+                  "| config | " + " | ".join(f"place {i}" for i in range(width)) + " |",
+                  "|" + "---|" * (width + 1)]
+        for config, by_slot in slots.items():
+            lines.append(f"| {config} | " + " | ".join(
+                f"{by_slot[i]:.3f}" if i in by_slot else "-" for i in range(width)) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -209,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rows, metas = load_runs(args.results)
     aggregated = aggregate(rows)
-    md = markdown(aggregated, metas, args.baseline)
+    md = markdown(aggregated, metas, args.baseline, pairs=paired_ratios(rows, args.baseline),
+                  slots=slot_effects(rows))
     os.makedirs(args.out, exist_ok=True)
     pngs = plots(aggregated, args.out)
     # summary.md links the plots by relative path so the directory can be moved as a whole

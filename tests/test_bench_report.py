@@ -220,3 +220,41 @@ def test_configs_sglang_cannot_serve_for_an_architecture_are_not_started(tmp_pat
                               "--out", str(tmp_path)]) == 0
     failed = json.loads((tmp_path / "ab.json").read_text())["failed_configs"]
     assert "Use deepep_normal" in failed["deepep_tbo"]
+
+
+def test_paired_ratios_pair_repeats_within_one_result_file(tmp_path):
+    rows, metas = report.load_runs(write_results(tmp_path))
+    pairs = report.paired_ratios(rows, "plain")
+    # atom r0 1500 / plain r0 1000, atom r1 1800 / plain r1 1200: both 1.5
+    assert pairs["short", "atom", 64] == [1.5, 1.5]
+    assert pairs["short", "atom", 128] == [1.3, 2900 / 2400]
+    assert ("short", "plain", 64) not in pairs
+    md = report.markdown(report.aggregate(rows), metas, "plain", pairs=pairs)
+    assert table_row(md, "atom", 64)[-2] == "1.50"
+    assert table_row(md, "atom", 128)[-2] == "1.25 [1.21-1.30]"
+    # a baseline repeat in another file is not a pair (runs of different calls are not matched)
+    plain_elsewhere = [r for r in rows if r["config"] == "plain"]
+    for r in plain_elsewhere:
+        r["_source"] = 7
+    assert report.paired_ratios(rows, "plain") == {}
+
+
+def test_place_in_the_rotation_is_reported_for_interleaved_runs(tmp_path):
+    runs = []
+    # two cells; whichever server runs first in a cell is 10% faster than the other
+    for conc, first in ((64, "plain"), (128, "atom")):
+        for repeat in (0, 1):
+            order = [first, "atom" if first == "plain" else "plain"]
+            if repeat:
+                order.reverse()
+            for slot, config in enumerate(order):
+                runs.append({**row(config, conc, repeat, 1100 if slot == 0 else 1000, None), "slot": slot})
+    path = tmp_path / "ab.json"
+    path.write_text(json.dumps({"runs": runs, "machine": "", "date": "", "command": ""}))
+    rows, metas = report.load_runs([str(path)])
+    slots = report.slot_effects(rows)
+    assert slots["plain"] == {0: pytest.approx(1100 / 1050), 1: pytest.approx(1000 / 1050)}
+    md = report.markdown(report.aggregate(rows), metas, "plain", slots=slots)
+    assert "| plain | 1.048 | 0.952 |" in md and "## Place in the rotation" in md
+    # files without slots (sequential runs) get no such section
+    assert report.slot_effects(report.load_runs(write_results(tmp_path))[0]) == {}
