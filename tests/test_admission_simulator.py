@@ -24,6 +24,7 @@ def test_every_request_completes_and_metrics_are_sane():
         r = simulate(policy, 4, WORKLOADS["1k1k"], MODEL, concurrency_per_rank=8, requests_per_client=2)
         assert r["requests"] == 4 * 8 * 2
         assert r["input_tok_s_per_rank"] > 0 and r["ttft_p99_ms"] >= r["ttft_p50_ms"] > 0
+        assert r["ttft_mean_ms"] > 0
         assert 0.0 <= r["padding_ratio_mean"] < 1.0 and 0.0 <= r["eager_pass_share"] <= 1.0
 
 
