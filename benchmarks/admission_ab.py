@@ -187,7 +187,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "(--no-interleave: one server after another)")
     ap.add_argument("--shared-mem-fraction", type=float, default=0.25,
                     help="with --interleave: the share of GPU memory each server holds (weights + "
-                         "KV pool), unless --extra sets --mem-fraction-static")
+                         "KV pool); --mem-fraction-static in --extra is refused with it")
     scenario = ap.parse_known_args(argv)[0].scenario
     if scenario:
         ap.set_defaults(**SCENARIOS[scenario])

@@ -87,17 +87,17 @@ def slot_effects(rows: list[dict]) -> dict[str, dict[int, float]]:
     """For interleaved runs (rows with a 'slot'): config -> {place in its cell's server order
     (0 = first): mean of input tok/s over that config's mean in the same cell}. Values away
     from 1.0 mean the order still matters."""
+    slotted = [r for r in rows if r.get("slot") is not None and r.get("input_tok_s")]
+
+    def cell(r):
+        return r["_source"], r["workload"], r["config"], r["concurrency"]
     cells: dict[tuple, list[float]] = {}
-    for r in rows:
-        if r.get("slot") is not None and r.get("input_tok_s"):
-            cells.setdefault((r["_source"], r["workload"], r["config"], r["concurrency"]), []).append(
-                r["input_tok_s"])
+    for r in slotted:
+        cells.setdefault(cell(r), []).append(r["input_tok_s"])
     rel: dict[str, dict[int, list[float]]] = {}
-    for r in rows:
-        key = (r.get("_source"), r["workload"], r["config"], r["concurrency"])
-        if key in cells:
-            rel.setdefault(r["config"], {}).setdefault(r["slot"], []).append(
-                r["input_tok_s"] / statistics.mean(cells[key]))
+    for r in slotted:
+        rel.setdefault(r["config"], {}).setdefault(r["slot"], []).append(
+            r["input_tok_s"] / statistics.mean(cells[cell(r)]))
     return {c: {slot: statistics.mean(v) for slot, v in sorted(by.items())} for c, by in rel.items()}
 
 

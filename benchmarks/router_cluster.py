@@ -75,10 +75,12 @@ def main() -> int:
         ap.error(f"--gpus {gpus_total} is not a multiple of --tp {args.tp}, so the servers would "
                  "share GPUs unevenly")
     groups = gpus_total // args.tp  # server i runs on GPU group i % groups
-    try:
-        fractions = shared_mem_fractions(-(-args.servers // groups), args.shared_mem_fraction)
-    except ValueError as exc:
-        ap.error(f"{exc}: lower --shared-mem-fraction")
+    fractions = []
+    if shared:
+        try:
+            fractions = shared_mem_fractions(-(-args.servers // groups), args.shared_mem_fraction)
+        except ValueError as exc:
+            ap.error(f"{exc}: lower --shared-mem-fraction")
     os.makedirs(args.out, exist_ok=True)
     result = {**provenance(), "gpus": gpus_total, "shared_gpus": shared}
     servers = []

@@ -256,5 +256,8 @@ def test_place_in_the_rotation_is_reported_for_interleaved_runs(tmp_path):
     assert slots["plain"] == {0: pytest.approx(1100 / 1050), 1: pytest.approx(1000 / 1050)}
     md = report.markdown(report.aggregate(rows), metas, "plain", slots=slots)
     assert "| plain | 1.048 | 0.952 |" in md and "## Place in the rotation" in md
+    # a run without a throughput (all its requests failed) is left out, not divided by
+    rows.append({**rows[0], "input_tok_s": None, "slot": 1})
+    assert report.slot_effects(rows) == slots
     # files without slots (sequential runs) get no such section
     assert report.slot_effects(report.load_runs(write_results(tmp_path))[0]) == {}

@@ -158,7 +158,7 @@ def observe_gathered_rows(plan, scheduler, *args, **kwargs):
     extend = bool(getattr(batch, "is_extend_in_batch", False))
     tokens = getattr(batch, "global_num_tokens", None)
     if tokens:
-        metrics.gathered_rows(list(tokens), extend)
+        metrics.gathered_rows(tokens, extend)
     if scheduler.server_args.enable_two_batch_overlap and extend:
         metrics.tbo_prefill(getattr(batch, "tbo_split_seq_index", None) is not None)
     return None
