@@ -15,8 +15,11 @@ check: random N(0, 0.02) weights (benchmarks/random_checkpoint.py; dummy weights
     servers' answers are compared: output tokens equal, max |delta| of prompt logprobs. The
     noise floor is the plain server against itself with the same prompts sent one at a time
     (other batches, so other kernel tiles; SGLang recomputes a cached prefix when prompt
-    logprobs are asked from token 0). The TBO server's split counter must show that prefill ran
-    split.
+    logprobs are asked from token 0). The wrong-prefix control is the plain server's wave-2
+    prompt against itself with its first half replaced: the second half's logprob deltas show
+    how large the error TBO could make (a cut half attending to the wrong KV) is with these
+    near-flat random weights; TBO's deltas must sit far below them. The TBO server's split
+    counter must show that prefill ran split.
 perf: dummy weights; per repeat, --prompts-per-rank fresh prompts of T tokens on every rank,
     1 output token, all sent together, with a prefill budget of T tokens per rank and pass; the
     time to the last answer over the prompts is the prefill time, reported per T tokens per rank
@@ -124,6 +127,7 @@ def check(args, out: dict) -> None:
         lens1 = [[300, 700, 1500], [2600], [90, 1100]][:dp] + [[400]] * max(0, dp - 3)
         wave1 = [(r, [rng.randrange(3, vocab) for _ in range(n)]) for r in range(dp) for n in lens1[r]]
         wave2 = [(dp - 1, [rng.randrange(3, vocab) for _ in range(3000)])]
+        control, half = replaced_prefix(rng, wave2[0], vocab)
         answers = {}
         for tbo in (False, True):
             tbo_comm = args.tbo_comm.split(",")[0] if tbo else None
@@ -138,6 +142,7 @@ def check(args, out: dict) -> None:
                 answers[tbo] = wave(server.url, wave1, 8, True) + wave(server.url, wave2, 8, True)
                 if not tbo:
                     answers["serial"] = [wave(server.url, [p], 8, True)[0] for p in wave1 + wave2]
+                    answers["control"] = wave(server.url, [control], 8, True)[0]
         rows = []
         for i, (rank, ids) in enumerate(wave1 + wave2):
             ref = answers[False][i]
@@ -148,11 +153,35 @@ def check(args, out: dict) -> None:
             print(f"   rank {rank} len {len(ids)}: tbo {rows[-1]['tbo']}, floor {rows[-1]['noise_floor']}",
                   flush=True)
         out.setdefault("models", {})[name] = rows
+        # What an error of the kind TBO could make looks like with these weights: the cut half
+        # attending to the wrong prefix. TBO's deltas must sit far below it to mean anything.
+        wrong = _logprob_diffs(answers[False][len(wave1)], answers["control"], start=half)
+        worst = max(r["tbo"]["logprob_mean_abs_diff"] for r in rows)
+        sensitivity = {"prompt_len": len(wave2[0][1]), "replaced_prefix_tokens": half,
+                       "logprob_max_abs_diff": round(max(wrong), 5),
+                       "logprob_mean_abs_diff": round(statistics.fmean(wrong), 6),
+                       "tbo_worst_mean_over_this_mean": round(worst / statistics.fmean(wrong), 4)}
+        out.setdefault("wrong_prefix_control", {})[name] = sensitivity
+        print(f"   wrong-prefix control: {sensitivity}", flush=True)
         record_json(os.path.join(args.out, "tbo_check.json"), out)
 
 
-def _logprobs(answer: dict) -> list[float]:
-    return [x[0] for x in answer["meta_info"]["input_token_logprobs"] if x[0] is not None]
+def replaced_prefix(rng: random.Random, prompt: tuple[int, list[int]],
+                    vocab: int) -> tuple[tuple[int, list[int]], int]:
+    """The prompt with its first half replaced by other random ids, and that half's length: the
+    context a cut sequence's second half would see if it attended to the wrong KV."""
+    rank, ids = prompt
+    half = len(ids) // 2
+    return (rank, [rng.randrange(3, vocab) for _ in range(half)] + ids[half:]), half
+
+
+def _logprobs(answer: dict, start: int = 0) -> list[float]:
+    """Prompt logprobs of positions `start` onwards (position 0 has none)."""
+    return [x[0] for x in answer["meta_info"]["input_token_logprobs"][start:] if x[0] is not None]
+
+
+def _logprob_diffs(a: dict, b: dict, start: int = 0) -> list[float]:
+    return [abs(x - y) for x, y in zip(_logprobs(a, start), _logprobs(b, start))]
 
 
 def _compare(a: dict, b: dict) -> dict:
@@ -160,7 +189,7 @@ def _compare(a: dict, b: dict) -> dict:
     top-1 minus top-2 logprob there: a flip with a margin below the prompt logprobs' max delta is
     a near-tie that bf16 noise of that size can turn (random weights give nearly flat logits),
     not a mix-up of rows."""
-    diffs = [abs(x - y) for x, y in zip(_logprobs(a), _logprobs(b))]
+    diffs = _logprob_diffs(a, b)
     out = {"same_output_ids": a["output_ids"] == b["output_ids"],
            "output_ids": [a["output_ids"], b["output_ids"]],
            "logprob_max_abs_diff": round(max(diffs), 5),

@@ -146,8 +146,8 @@ def summary(cfg: AtomConfig, setup: ServingSetup, plan: PlatformPlan) -> str:
     if tbo_active(cfg, setup):
         # say it where operators look: measured so far, it breaks even at best
         tbo = (f"tbo=prefill over all_gather/reduce_scatter by {cfg.tbo_comm} (experimental: "
-               f"0.98-1.02x of prefill without it at 8k-16k tokens per rank on 2xH200, no gain shown "
-               f"yet, see README)")
+               f"0.86-1.05x of prefill without it at 4k-16k tokens per rank on 2xH200, DP4 not yet "
+               f"remeasured, see README)")
         if cfg.tbo_nccl_max_ctas:
             tbo += f" [NCCL limited to {cfg.tbo_nccl_max_ctas} CTAs: unmeasured]"
         if cfg.tbo_comm == "copy-engine":

@@ -166,6 +166,25 @@ def test_check_judges_a_greedy_flip_by_the_reference_margin():
     assert "first_diff_margin" not in tbo_serving._compare(plain, plain)
 
 
+def test_wrong_prefix_control_keeps_the_second_half_and_compares_only_it():
+    import random
+
+    import tbo_serving
+
+    prompt = (1, list(range(100, 110)))
+    (rank, ids), half = tbo_serving.replaced_prefix(random.Random(0), prompt, vocab=50)
+    assert (rank, half, ids[half:]) == (1, 5, list(range(105, 110)))
+    assert all(3 <= t < 50 for t in ids[:half])  # other ids, same positions
+
+    def answer(prompt_lps):
+        return {"meta_info": {"input_token_logprobs": [[None, 0, None]] + [[lp, 0, None] for lp in prompt_lps]}}
+
+    # positions 1..4; from position 3 on only the last two count
+    a, b = answer([-1.0, -2.0, -3.0, -4.0]), answer([-9.0, -9.0, -3.5, -4.25])
+    assert tbo_serving._logprob_diffs(a, b, start=3) == [0.5, 0.25]
+    assert tbo_serving._logprob_diffs(a, b)[:2] == [8.0, 7.0]
+
+
 def test_router_cluster_places_servers_on_their_own_gpus_or_shares_a_smaller_machine():
     from router_cluster import server_gpus, server_port
 

@@ -155,7 +155,7 @@ def test_summary_marks_two_batch_overlap_experimental():
     on = ServingSetup("Qwen3MoeForCausalLM", dp_attention=True, dp_size=4, tp_size=4,
                       moe_a2a_backend="none", prefill_delayer=False, two_batch_overlap=True,
                       disaggregation_mode="null")
-    assert "tbo=prefill over all_gather/reduce_scatter by nccl (experimental: 0.98-1.02x" in summary(
+    assert "tbo=prefill over all_gather/reduce_scatter by nccl (experimental: 0.86-1.05x" in summary(
         AtomConfig(backend="atom"), on, plan("cuda"))
 
 
