@@ -229,10 +229,21 @@ def start(args, name: str, label: str, base: list[str], stack: contextlib.ExitSt
     warm_s = 0.0
     for wname in args.workloads.split(","):
         for conc in (int(c) for c in args.concurrency.split(",")):
-            _, secs = load(server.url, WORKLOADS[wname].requests(conc, seed=99 + conc), conc)
+            _, secs = load(server.url, warmup_requests(WORKLOADS[wname], conc), conc)
             warm_s += secs
     print(f"   {label} ready {startup:.0f} s, warm-up {warm_s:.0f} s", flush=True)
     return server, startup
+
+
+# Enough decode steps to run every decode batch size a wave reaches (all its requests decode
+# together once prefilled); the full 1024 of 8k/1k would make warm-up cost as much as a cell.
+WARMUP_MAX_OUTPUT = 32
+
+
+def warmup_requests(workload: Workload, conc: int) -> list[tuple[list[int], int]]:
+    """One wave of `conc` requests with the workload's prompt lengths and at most
+    WARMUP_MAX_OUTPUT output tokens each (ids other than any timed repeat's)."""
+    return [(ids, min(n_out, WARMUP_MAX_OUTPUT)) for ids, n_out in workload.requests(conc, seed=99 + conc)]
 
 
 ROWS = "sglang:atom_gathered_rows_total"

@@ -176,3 +176,18 @@ def test_work_past_the_deadline_is_skipped_by_name(tmp_path, monkeypatch, mode):
         # plain: warm-up 10 s, r0 20 s, r1 30 s; atom is never started
         assert done == [("plain", 0), ("plain", 1)]
         assert result["skipped"] == ["atom"]
+
+
+def test_warmup_keeps_the_prompt_lengths_and_caps_the_output():
+    """8k/1k warm-up at full output would cost as much as a timed cell."""
+    from admission_ab import WARMUP_MAX_OUTPUT, warmup_requests
+    from serving import WORKLOADS
+
+    wl = WORKLOADS["8k1k"]
+    warm = warmup_requests(wl, 64)
+    full = wl.requests(64, seed=99 + 64)
+    assert len(warm) == 64
+    assert [ids for ids, _ in warm] == [ids for ids, _ in full]  # every prefill shape still runs
+    assert all(n == WARMUP_MAX_OUTPUT < full_n for (_, n), (_, full_n) in zip(warm, full))
+    # the timed repeats draw other ids (seed 1000 * conc + rep), so warm-up leaves no cache hits
+    assert warm[0][0] != wl.requests(1, seed=1000 * 64)[0][0]
