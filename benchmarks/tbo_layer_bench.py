@@ -14,7 +14,10 @@ It times, with CUDA events on rank 0 (median of --iters):
   overlapped  two micro-batches through sglang_atom.tbo.overlap (the production executor)
 
 and reports speedup = serial / overlapped and overlap efficiency = (compute + comm -
-overlapped) / min(compute, comm), the share of the shorter side that was hidden.
+overlapped) / min(compute, comm), the share of the shorter side that was hidden. Both rise when
+comm itself gets slower (fewer NCCL CTAs), so every row also has vs_nccl_serial: the serial time
+of the same cell over the default NCCL communicator divided by this row's overlapped time, the
+gain over not overlapping at all with NCCL's own settings.
 
 --comm picks the transports to compare: `nccl` (c10d async collectives, `tbo.overlap.OverlapComm`)
 and `copy-engine` (symmetric memory and copy engines, `tbo.copy_engine.CopyEngineComm`). Before
@@ -200,6 +203,19 @@ def marginal(rows: list[dict]) -> list[dict]:
     return out
 
 
+def against_nccl_serial(rows: list[dict]) -> list[dict]:
+    """Each row with vs_nccl_serial = serial time of the same (shape, tokens, layers) over the
+    default NCCL communicator / this row's overlapped time; rows without such a baseline as
+    they are."""
+    serial = {(r["shape"], r["tokens_per_rank"], r["layers"]): r["serial_ms"]
+              for r in rows if r["comm"] == "nccl"}
+    out = []
+    for r in rows:
+        base = serial.get((r["shape"], r["tokens_per_rank"], r["layers"]))
+        out.append({**r, "vs_nccl_serial": round(base / r["overlapped_ms"], 3)} if base else r)
+    return out
+
+
 def worker(rank, world, args, init_file, queue):
     cuda = args.device == "cuda"
     if cuda:
@@ -293,15 +309,18 @@ def main() -> int:
     rows = queue.get(timeout=3600)
     for p in procs:
         p.join(timeout=60)
+    rows, per_layer = against_nccl_serial(rows), against_nccl_serial(marginal(rows))
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         record_json(os.path.join(args.out, "tbo_layer.json"),
-                    {**provenance(), "rows": rows, "per_layer": marginal(rows),
+                    {**provenance(), "rows": rows, "per_layer": per_layer,
                      "env": {k: v for k, v in os.environ.items() if k.startswith(("NCCL_", "TORCH_NCCL_"))}})
-    print(f"{'comm':12} {'shape':20} {'T/rank':>7} {'layers':>18} {'compute':>8} {'comm':>7} {'serial':>7} {'overlap':>8} {'speedup':>7} {'eff':>5}")
-    for r in rows + marginal(rows):
+    print(f"{'comm':12} {'shape':20} {'T/rank':>7} {'layers':>18} {'compute':>8} {'comm':>7} {'serial':>7} "
+          f"{'overlap':>8} {'speedup':>7} {'eff':>5} {'vs nccl serial':>14}")
+    for r in rows + per_layer:
         print(f"{r['comm']:12} {r['shape']:20} {r['tokens_per_rank']:>7} {r['layers']:>18} {r['compute_ms']:>8} {r['comm_ms']:>7} "
-              f"{r['serial_ms']:>7} {r['overlapped_ms']:>8} {r['speedup']:>7} {r['overlap_efficiency']:>5}")
+              f"{r['serial_ms']:>7} {r['overlapped_ms']:>8} {r['speedup']:>7} {r['overlap_efficiency']:>5} "
+              f"{r.get('vs_nccl_serial', '-'):>14}")
     return 0
 
 
