@@ -15,6 +15,9 @@ Writes DIR/ab.json (command, machine, date, every run), one server log per confi
 report (DIR/report/summary.md and plots). A config whose server does not start or dies during
 its runs is recorded with the end of its log (its finished rows kept) and the matrix goes on.
 Stops starting new work once --deadline-s has passed so the run ends inside the device's limit.
+The client is a closed loop (--concurrency clients, each sending its next request when the last
+finishes); --request-rate R makes it an open loop of Poisson arrivals at R requests/s with at
+most --concurrency in flight, where TTFT is not tied to throughput by Little's law.
 """
 
 from __future__ import annotations
@@ -176,6 +179,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--requests-per-client", type=int, default=4)
     ap.add_argument("--min-requests", type=int, default=256)
+    ap.add_argument("--request-rate", type=float, default=None,
+                    help="open loop: Poisson arrivals at this many requests/s per server, at most "
+                         "--concurrency in flight (default: closed loop, --concurrency clients)")
     ap.add_argument("--calibrate", action="store_true")
     ap.add_argument("--extra", default="", help="extra server flags for every config")
     ap.add_argument("--cuda-graph", action="store_true",
@@ -269,11 +275,12 @@ def run_cell(args, server: Server, name: str, label: str, startup: float, cell: 
     # skip most of its prefill), the same for every config.
     reqs = WORKLOADS[wname].requests(n, seed=1000 * conc + rep)
     before = scrape(server.get("/metrics"))
-    records, secs = load(server.url, reqs, conc)
+    records, secs = load(server.url, reqs, conc, request_rate=args.request_rate, seed=1000 * conc + rep)
     after = scrape(server.get("/metrics"))
     row = {"config": name, "server": label, "workload": wname, "concurrency": conc, "repeat": rep,
            "requests": n, "startup_s": round(startup, 1),
-           **summarize(records, secs, args.tp, conc),
+           "request_rate": args.request_rate,  # None: closed loop
+           **summarize(records, secs, args.tp, conc, closed_loop=args.request_rate is None),
            "padding_ratio_mean": histogram_mean(before, after, PADDING),
            # where the padding is: passes where some rank prefills, or none
            "padding_ratio_mean_extend": histogram_mean(before, after, PADDING, 'pass="extend"'),

@@ -32,7 +32,10 @@ def load_runs(paths: list[str]) -> tuple[list[dict], list[dict]]:
     for path in paths:
         with open(path) as f:
             data = json.load(f)
-        metas.append({"path": path, **{k: data.get(k, "") for k in ("command", "machine", "date")}})
+        rates = sorted({r["request_rate"] for r in data.get("runs", []) if r.get("request_rate")})
+        metas.append({"path": path, **{k: data.get(k, "") for k in ("command", "machine", "date")},
+                      "arrivals": (f"open loop, Poisson {', '.join(f'{x:g}' for x in rates)} requests/s, "
+                                   "concurrency = the most in flight") if rates else "closed loop"})
         rows.extend({**r, "_source": len(metas) - 1} for r in data.get("runs", []))
     return rows, metas
 
@@ -136,6 +139,7 @@ def markdown(aggregated: list[dict], metas: list[dict], baseline: str = "plain",
     for m in metas:
         lines.append(f"- `{m['path']}`: {_machine(m['machine'])}, {m['date'] or '?'}")
         lines.append(f"  - command: `{m['command'] or '?'}`")
+        lines.append(f"  - arrivals: {m.get('arrivals', 'closed loop')}")
     if any(len(a["n_gpus"]) > 1 for a in aggregated):
         lines += ["", "**Warning:** some groups merge runs with different GPU counts."]
     base = {(a["workload"], a["concurrency"]): a["input_tok_s"]

@@ -210,31 +210,54 @@ async def _one(session, url, ids, max_new, record: Record):
 
 
 async def run_load(url: str, reqs: list[tuple[list[int], int]], concurrency: int,
-                   progress: str = "") -> tuple[list[Record], float]:
-    """Closed loop: `concurrency` clients, each sends its next request when the last finishes."""
+                   progress: str = "", request_rate: float | None = None,
+                   seed: int = 0) -> tuple[list[Record], float]:
+    """Closed loop by default: `concurrency` clients, each sends its next request when the last
+    finishes. With `request_rate` (requests/s), open loop: requests leave at Poisson arrival
+    times (exponential gaps drawn from `seed`) with at most `concurrency` in flight, later ones
+    waiting in the client, as `sglang.bench_serving --request-rate R --max-concurrency C`; TTFT
+    counts from the send, as there."""
     import aiohttp
 
     records = [Record(len(ids)) for ids, _ in reqs]
-    queue = list(range(len(reqs)))
     done = [0]
     timeout = aiohttp.ClientTimeout(total=3600)
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-        async def client():
-            while queue:
-                i = queue.pop(0)
-                await _one(session, url, reqs[i][0], reqs[i][1], records[i])
-                done[0] += 1
-                if progress and done[0] % max(1, len(reqs) // 4) == 0:
-                    print(f"  {progress}: {done[0]}/{len(reqs)} done", flush=True)
+        async def send(i):
+            await _one(session, url, reqs[i][0], reqs[i][1], records[i])
+            done[0] += 1
+            if progress and done[0] % max(1, len(reqs) // 4) == 0:
+                print(f"  {progress}: {done[0]}/{len(reqs)} done", flush=True)
 
         start = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(concurrency)))
+        if request_rate is None:
+            queue = list(range(len(reqs)))
+
+            async def client():
+                while queue:
+                    await send(queue.pop(0))
+
+            await asyncio.gather(*(client() for _ in range(concurrency)))
+        else:
+            slots = asyncio.Semaphore(concurrency)
+            gaps = random.Random(seed)
+
+            async def capped(i):
+                async with slots:
+                    await send(i)
+
+            tasks = []
+            for i in range(len(reqs)):
+                if i:
+                    await asyncio.sleep(gaps.expovariate(request_rate))
+                tasks.append(asyncio.create_task(capped(i)))
+            await asyncio.gather(*tasks)
         return records, time.perf_counter() - start
 
 
-def load(url, reqs, concurrency, progress=""):
-    return asyncio.run(run_load(url, reqs, concurrency, progress))
+def load(url, reqs, concurrency, progress="", request_rate=None, seed=0):
+    return asyncio.run(run_load(url, reqs, concurrency, progress, request_rate, seed))
 
 
 # ----------------------------------------------------------------------------- summary
@@ -245,7 +268,8 @@ def _pct(values, q):
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
 
 
-def summarize(records: list[Record], duration: float, n_gpus: int, concurrency: int) -> dict:
+def summarize(records: list[Record], duration: float, n_gpus: int, concurrency: int,
+              closed_loop: bool = True) -> dict:
     ok = [r for r in records if not r.error]
     itl = [x for r in ok for x in r.itl]
     tpot = [(r.e2e - r.ttft) / (r.output_len - 1) for r in ok if r.output_len > 1]
@@ -264,7 +288,8 @@ def summarize(records: list[Record], duration: float, n_gpus: int, concurrency: 
         out[f"mean_{name}_ms"] = round(statistics.mean(vals) * ms, 2) if vals else 0.0
         for q in (50, 90, 99):
             out[f"p{q}_{name}_ms"] = round(_pct(vals, q) * ms, 2)
-    out["steady_input_tok_s"] = steady_input_rate(ok, concurrency)
+    # the first wave and the drain are closed-loop effects; an open loop has no such window
+    out["steady_input_tok_s"] = steady_input_rate(ok, concurrency) if closed_loop else 0.0
     if records and not ok:
         out["first_error"] = records[0].error
     return out

@@ -58,6 +58,30 @@ def test_client_measures_streamed_requests():
     assert summary["p50_itl_ms"] > 0.5 and summary["output_tok_s_per_user"] > 0
 
 
+def test_open_loop_sends_at_poisson_times_with_a_cap_on_requests_in_flight():
+    import random
+
+    url = serve_in_thread()
+    reqs = [([1] * 20, 4)] * 12
+    records, secs = load(url, reqs, concurrency=100, request_rate=200.0, seed=5)
+    assert all(not r.error and r.output_len == 4 for r in records)
+    gaps = random.Random(5)
+    expected = [0.0]
+    for _ in reqs[1:]:
+        expected.append(expected[-1] + gaps.expovariate(200.0))
+    sent = [r.sent_at - records[0].sent_at for r in records]
+    # each request leaves no earlier than its arrival time (asyncio sleeps at least the gap)
+    assert all(s >= e - 1e-4 for s, e in zip(sent, expected))
+    assert sent == sorted(sent) and secs >= expected[-1]
+    assert summarize(records, secs, n_gpus=1, concurrency=100, closed_loop=False)["steady_input_tok_s"] == 0.0
+
+    # all arrive at once; the cap of 2 keeps the rest waiting in the client
+    records, _ = load(url, [([1] * 20, 8)] * 6, concurrency=2, request_rate=1e6, seed=1)
+    spans = [(r.sent_at, r.sent_at + r.e2e) for r in records]
+    most = max(sum(a <= t < b for a, b in spans) for t, _ in spans)
+    assert most == 2
+
+
 def test_scrape_sums_series():
     page = ('# HELP x\nsglang:atom_admission_decisions_total{decision="fire",reason="fill"} 3.0\n'
             'sglang:num_running_reqs 4\nsglang:atom_admission_decisions_total{decision="fire",reason="fill"} 2.0\n')

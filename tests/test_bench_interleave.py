@@ -82,7 +82,7 @@ def fake_servers(monkeypatch):
     FakeServer.events = []
     urls = []
 
-    def fake_load(url, reqs, concurrency, progress=""):
+    def fake_load(url, reqs, concurrency, progress="", request_rate=None, seed=0):
         urls.append(url)
         return [Record(input_len=len(ids), output_len=n, ttft=0.1, e2e=0.5) for ids, n in reqs], 1.0
 
@@ -156,7 +156,7 @@ def test_work_past_the_deadline_is_skipped_by_name(tmp_path, monkeypatch, mode):
 
     clock = [0.0]
 
-    def slow_load(url, reqs, concurrency, progress=""):  # every wave (warm-up or timed) takes 10 s
+    def slow_load(url, reqs, concurrency, progress="", request_rate=None, seed=0):  # every wave (warm-up or timed) takes 10 s
         clock[0] += 10.0
         return [Record(input_len=len(ids), output_len=n, ttft=0.1, e2e=0.5) for ids, n in reqs], 10.0
 

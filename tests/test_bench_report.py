@@ -191,7 +191,7 @@ def test_a_server_dying_mid_matrix_is_recorded_and_the_matrix_goes_on(tmp_path, 
                 raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
             return ""
 
-    def fake_load(url, reqs, concurrency, progress=""):
+    def fake_load(url, reqs, concurrency, progress="", request_rate=None, seed=0):
         return [Record(input_len=len(ids), output_len=n, ttft=0.1, e2e=0.5) for ids, n in reqs], 1.0
 
     monkeypatch.setattr(admission_ab, "Server", FakeServer)
@@ -261,3 +261,14 @@ def test_place_in_the_rotation_is_reported_for_interleaved_runs(tmp_path):
     assert report.slot_effects(rows) == slots
     # files without slots (sequential runs) get no such section
     assert report.slot_effects(report.load_runs(write_results(tmp_path))[0]) == {}
+
+
+def test_sources_say_how_requests_arrived(tmp_path):
+    closed = write_results(tmp_path)[0]
+    path = tmp_path / "poisson.json"
+    path.write_text(json.dumps({"runs": [{**row("plain", 64, 0, 1000, None), "request_rate": 12.5}],
+                                "machine": "", "date": "", "command": "x --request-rate 12.5"}))
+    rows, metas = report.load_runs([closed, str(path)])
+    md = report.markdown(report.aggregate(rows), metas, "plain")
+    assert "  - arrivals: closed loop" in md
+    assert "  - arrivals: open loop, Poisson 12.5 requests/s, concurrency = the most in flight" in md
