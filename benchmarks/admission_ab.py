@@ -41,6 +41,9 @@ from serving import (  # noqa: E402
 CONFIGS = {
     "plain": [],
     "delayer": ["--enable-prefill-delayer"],
+    # plain with twice SGLang's default prefill budget (8192, which DP attention divides by dp):
+    # separates what a larger budget gives any config from what admission gives
+    "plain_chunk16k": ["--chunked-prefill-size", "16384"],
     "atom": ["--backend", "atom"],
     "atom_fill02": ["--backend", "atom", "--atom-admission-target-fill", "0.2"],
     # the chunked-hold limit spelled out: 2 is the default since 2026-11-22's 4xH200 run, 0 the
