@@ -26,7 +26,9 @@ perf: dummy weights; per repeat, --prompts-per-rank fresh prompts of T tokens on
     (one pass's worth). Several prompts per rank because the ranks' first prompts can arrive in
     different scheduler passes (seen on 2xH200: a wave of one prompt per rank ran as two
     one-rank passes on the plain server and one two-rank pass on the TBO server); with K per
-    rank that skew costs at most one pass of K+1. Speedup = off / on.
+    rank that skew costs at most one pass of K+1. Each wave's prefill passes are counted from
+    sglang-atom's per-pass metric, and the median over waves of exactly K passes (no skew) is
+    reported beside the median over all. Speedup = off / on.
 profile: as perf, for the first of --tokens, then one more wave under SGLang's profiler
     (`/start_profile`, CPU and GPU activity); writes each server's traces to DIR/trace_LABEL/ and
     the TP-0 trace's summary (benchmarks/trace_summary.py: GPU time per stream and kernel kind,
@@ -52,7 +54,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import random_checkpoint  # noqa: E402
 import trace_summary  # noqa: E402
 from serve_smoke import BASE_FLAGS  # noqa: E402
-from serving import Server, model_config, post_json, provenance, record_json  # noqa: E402
+from serving import Server, model_config, post_json, provenance, record_json, scrape  # noqa: E402
 from sglang_atom.validation import MLA_ARCHITECTURES  # noqa: E402
 
 SPLIT = re.compile(r'sglang:atom_tbo_prefill_passes_total\{split="(yes|no)"\} ([0-9.e+]+)')
@@ -74,6 +76,21 @@ def wave(url: str, prompts: list[tuple[int, list[int]]], max_new: int, logprobs:
     with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
         futures = [pool.submit(generate, url, ids, rank, max_new, logprobs) for rank, ids in prompts]
         return [f.result() for f in futures]
+
+
+def extend_passes(metrics_text: str) -> float:
+    """Prefill passes so far: sglang-atom observes every pass's gathered rows (admission off
+    too), on TP rank 0 only, so the count is one per pass (summed over any further labels)."""
+    return sum(v for k, v in scrape(metrics_text).items()
+               if k.startswith("sglang:atom_gathered_rows_padding_ratio_count{") and 'pass="extend"' in k)
+
+
+def aligned_median(times: list[float], passes: list[float], per_rank: int) -> float | None:
+    """Median over the waves that ran as `per_rank` passes (every pass held one prompt on every
+    rank); None if none did. A wave whose prompts reached the ranks in different passes runs more
+    passes, some with idle ranks, and measures that pass shape, not the prefill."""
+    aligned = [t for t, n in zip(times, passes) if n == per_rank]
+    return statistics.median(aligned) if aligned else None
 
 
 def splits(server: Server) -> dict:
@@ -233,23 +250,29 @@ def perf(args, out: dict) -> None:
             rows = out.setdefault("runs", [])
             k = args.prompts_per_rank
             for t in tokens:
-                times = []
+                times, passes = [], []
                 # Warm-up waves are excluded: the first compiles kernels, and arrival jitter can
                 # give a wave a batch shape (one rank alone) that compiles another.
                 for rep in range(args.warmup + args.repeats):
                     prompts = fresh_prompts(rng, dp, t, k)
+                    before = extend_passes(server.get("/metrics"))
                     t0 = time.perf_counter()
                     wave(server.url, prompts, 1, False)
                     if rep >= args.warmup:
                         times.append((time.perf_counter() - t0) / k)
+                        passes.append(extend_passes(server.get("/metrics")) - before)
                 med = statistics.median(times)
+                aligned = aligned_median(times, passes, k)
                 rows.append({"model": name, "tbo": bool(tbo_comm), "tbo_comm": tbo_comm,
                              "tokens_per_rank": t, "prompts_per_rank": k, "times_per_prompt_s": times,
+                             "passes_per_wave": passes,
                              "median_s": round(med, 4), "min_s": round(min(times), 4),
+                             "aligned_median_s": None if aligned is None else round(aligned, 4),
                              "prefill_tok_s": round(t * dp / med)})
                 # the minimum beside the median: one stalled wave moved a 3-wave median by 30%
                 print(f"   {label} {t} tok/rank x {k}: median {med * 1000:.1f} ms per pass-worth "
-                      f"(min {min(times) * 1000:.1f}), "
+                      f"(min {min(times) * 1000:.1f}; waves of {k} passes: "
+                      f"{'none' if aligned is None else f'{aligned * 1000:.1f}'}; passes {passes}), "
                       f"{t * dp / med:.0f} tok/s", flush=True)
                 record_json(os.path.join(args.out, "tbo_perf.json"), out)
     speedups = {}
@@ -261,6 +284,9 @@ def perf(args, out: dict) -> None:
                 key = f"{r['model']}@{r['tokens_per_rank']}@{r['tbo_comm']}"
                 speedups[key] = {"median": round(base["median_s"] / r["median_s"], 3),
                                  "min": round(base["min_s"] / r["min_s"], 3)}
+                if base.get("aligned_median_s") and r.get("aligned_median_s"):
+                    # both over waves of one pass shape: arrival skew taken out
+                    speedups[key]["aligned_median"] = round(base["aligned_median_s"] / r["aligned_median_s"], 3)
     out["speedup_off_over_on"] = speedups
     print("speedups", speedups, flush=True)
 

@@ -217,3 +217,17 @@ def test_router_cluster_places_servers_on_their_own_gpus_or_shares_a_smaller_mac
     assert [server_gpus(i, 1, 4) for i in range(4)] == ["0", "1", "2", "3"]
     # SGLang 0.5.17 takes ports P+233.. for a server on P: servers 100 apart do not collide
     assert [server_port(30000, i) for i in range(2)] == [30100, 30200]
+
+
+def test_perf_counts_prefill_passes_per_wave_and_medians_the_unskewed_waves():
+    import tbo_serving
+
+    page = ('# TYPE sglang:atom_gathered_rows_padding_ratio histogram\n'
+            'sglang:atom_gathered_rows_padding_ratio_count{pass="extend"} 9.0\n'
+            'sglang:atom_gathered_rows_padding_ratio_count{pass="decode"} 40.0\n')
+    assert tbo_serving.extend_passes(page) == 9.0
+    assert tbo_serving.extend_passes("") == 0.0  # no pass yet: the series is absent
+    # 4 prompts per rank: the 5-pass waves had a prompt arrive a pass late on some rank
+    times, passes = [0.030, 0.041, 0.029, 0.038, 0.031], [4.0, 5.0, 4.0, 5.0, 4.0]
+    assert tbo_serving.aligned_median(times, passes, 4) == 0.030
+    assert tbo_serving.aligned_median(times, [5.0] * 5, 4) is None
