@@ -149,7 +149,7 @@ def summary(cfg: AtomConfig, setup: ServingSetup, plan: PlatformPlan) -> str:
                f"0.86-1.05x of prefill without it at 4k-16k tokens per rank on 2xH200, DP4 not yet "
                f"remeasured, see README)")
         if cfg.tbo_nccl_max_ctas:
-            tbo += f" [NCCL limited to {cfg.tbo_nccl_max_ctas} CTAs: unmeasured]"
+            tbo += f" [NCCL limited to {cfg.tbo_nccl_max_ctas} CTAs: not yet measured in serving]"
         if cfg.tbo_comm == "copy-engine":
             tbo += (" [copy-engine has one clean served run and one that hung; use --atom-tbo-comm "
                     "nccl unless you are testing it]")

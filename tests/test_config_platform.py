@@ -181,7 +181,7 @@ def test_copy_engine_transport_needs_cuda_and_one_node():
     check(ce, replace(on, two_batch_overlap=False), "rocm")  # only matters with TBO on
     limited = AtomConfig(backend="atom", tbo_nccl_max_ctas=8)
     check(limited, on, "cuda")
-    assert "[NCCL limited to 8 CTAs: unmeasured]" in summary(limited, on, plan("cuda"))
+    assert "[NCCL limited to 8 CTAs: not yet measured in serving]" in summary(limited, on, plan("cuda"))
     with pytest.raises(AtomConfigError, match="uses none; drop one of the two"):
         check(AtomConfig(backend="atom", tbo_comm="copy-engine", tbo_nccl_max_ctas=8), on, "cuda")
     with pytest.raises(AtomConfigError, match="--atom-tbo-comm must be one of nccl, copy-engine"):
