@@ -28,6 +28,14 @@ def test_every_request_completes_and_metrics_are_sane():
         assert 0.0 <= r["padding_ratio_mean"] < 1.0 and 0.0 <= r["eager_pass_share"] <= 1.0
 
 
+def test_tpot_of_a_lone_request_is_the_decode_step():
+    one = WORKLOADS["short"].__class__("one", 100, 5, range_ratio=1.0)  # 100 in, 5 out, no spread
+    r = simulate(NoPolicy(), 1, one, MODEL, concurrency_per_rank=1, requests_per_client=1)
+    # prefill gives the first token; four decode passes of one row each follow
+    assert r["ttft_mean_ms"] == round(MODEL.step_ms([100], True), 1)
+    assert r["tpot_mean_ms"] == round(MODEL.step_ms([1], False), 2)
+
+
 def test_no_policy_never_holds_and_policies_that_hold_cut_mixed_passes():
     none = simulate(NoPolicy(), 8, WORKLOADS["1k1k"], MODEL, concurrency_per_rank=16, requests_per_client=2)
     atom = simulate(AtomPolicy(PolicyParams()), 8, WORKLOADS["1k1k"], MODEL, concurrency_per_rank=16,

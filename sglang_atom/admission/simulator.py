@@ -127,6 +127,7 @@ class Req:
     output_len: int
     prefilled: int = 0
     ttft_ms: float = 0.0
+    e2e_ms: float = 0.0
     synced: bool = False  # seen by a DP sync: a lagged policy's decision covers it
 
 
@@ -265,6 +266,7 @@ def simulate(policy, dp: int, workload: Workload, model: StepModel, concurrency_
                     r.decodes += 1
                     while r.running and r.running[0][0] <= r.decodes:
                         _, _, q = heapq.heappop(r.running)
+                        q.e2e_ms = now - q.arrival_ms
                         done.append(q)
                         if arrival == "closed" and sent < total:
                             send(now)
@@ -279,6 +281,7 @@ def simulate(policy, dp: int, workload: Workload, model: StepModel, concurrency_
                     # the first token comes with the prefill; output_len - 1 decode passes remain
                     heapq.heappush(r.running, (r.decodes + q.output_len - 1, seq, q))
     ttft = sorted(q.ttft_ms for q in done)
+    tpot = [(q.e2e_ms - q.ttft_ms) / (q.output_len - 1) for q in done if q.output_len > 1]
     seconds = now / 1000.0
     return {
         "policy": policy.name, "dp": dp, "workload": workload.name, "arrival": arrival,
@@ -288,6 +291,8 @@ def simulate(policy, dp: int, workload: Workload, model: StepModel, concurrency_
         # mean as well: issue 3's TTFT bound and the GPU harness's tables use the mean
         "ttft_mean_ms": round(statistics.mean(ttft), 1),
         "ttft_p50_ms": round(ttft[len(ttft) // 2], 1), "ttft_p99_ms": round(ttft[int(0.99 * (len(ttft) - 1))], 1),
+        # what holding trades TTFT for: decode passes that no rank's prefill interrupts
+        "tpot_mean_ms": round(statistics.mean(tpot), 2) if tpot else 0.0,
         "padding_ratio_mean": round(statistics.mean(pad), 4) if pad else 0.0,
         "eager_pass_share": round(mixed / max(1, busy), 4),
         "dummy_rank_step_share": round(idle_rank_steps / max(1, busy * dp), 4),
@@ -312,7 +317,7 @@ def run_matrix(dps, workloads, model, params: PolicyParams = PolicyParams(), sta
 
 def markdown(rows: list[dict]) -> str:
     cols = ["workload", "dp", "policy", "input_tok_s_per_rank", "output_tok_s_per_rank", "ttft_mean_ms", "ttft_p50_ms",
-            "ttft_p99_ms", "padding_ratio_mean", "eager_pass_share", "dummy_rank_step_share", "held_passes"]
+            "ttft_p99_ms", "tpot_mean_ms", "padding_ratio_mean", "eager_pass_share", "dummy_rank_step_share", "held_passes"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
