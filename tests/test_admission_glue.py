@@ -53,3 +53,27 @@ def test_padding_is_recorded_by_pass_kind_and_tbo_splits_only_on_extend():
     admission.observe_gathered_rows(SimpleNamespace(batch_to_run=None), scheduler)  # an idle pass
     assert metrics.rows == [([2048, 1024], True), ([30, 34], False)]
     assert metrics.splits == [True]
+
+
+def test_late_arrivals_wait_only_after_a_fire_on_nothing_pending():
+    """A fire that saw prefill work lets requests that arrived since the sync join the pass; a
+    fire on "nothing pending" (a stale view of an idle cluster) keeps them for the next decision."""
+    from sglang_atom.admission.policy import FIRE_FILL, FIRE_NOTHING_PENDING, Decision
+
+    def run(reason):
+        late = SimpleNamespace(rid="late")
+        scheduler = SimpleNamespace(waiting_queue=[late])
+        controller = SimpleNamespace(reported=set(), step=lambda: True,
+                                     last_decision=Decision(True, reason), running_batch=None)
+        scheduler._atom_admission = controller
+        seen = []
+
+        def sglang_prefill(sched, running_batch):
+            seen.extend(r.rid for r in sched.waiting_queue)
+            return SimpleNamespace(running_batch=running_batch)
+
+        admission.around_get_new_batch_prefill(sglang_prefill, scheduler, "running")
+        return seen, [r.rid for r in scheduler.waiting_queue]
+
+    assert run(FIRE_FILL) == (["late"], ["late"])  # SGLang saw it (and here left it queued)
+    assert run(FIRE_NOTHING_PENDING) == ([], ["late"])  # held back, still queued

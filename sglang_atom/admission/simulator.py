@@ -21,7 +21,7 @@ import random
 import statistics
 from dataclasses import dataclass, field
 
-from .policy import EpisodeState, PolicyParams, RankState, decide, padding_ratio
+from .policy import FIRE_NOTHING_PENDING, EpisodeState, PolicyParams, RankState, decide, padding_ratio
 
 
 # --------------------------------------------------------------------------- step-time model
@@ -116,6 +116,8 @@ class AtomPolicy:
     def fire(self, ranks: list[RankState]) -> bool:
         decision, self.state = decide(ranks, self.state, self.params)
         self.reasons[decision.reason] = self.reasons.get(decision.reason, 0) + 1
+        # as in production: late arrivals join a fire that saw prefill work somewhere
+        self.admits_late = decision.fire and decision.reason != FIRE_NOTHING_PENDING
         return decision.fire
 
 
@@ -231,9 +233,11 @@ def simulate(policy, dp: int, workload: Workload, model: StepModel, concurrency_
                     batch.append((r.chunked, take))
                     left -= take
                     r.chunked = None
-                # A fire admits what the decision saw: requests that arrived after the last
-                # sync wait for the next pass's decision (the waiting list is in arrival order).
-                while left > 0 and r.waiting and r.waiting[0].synced and not (chunk_only and not fire):
+                # A lagged decision on "nothing pending" admits nothing that arrived after the
+                # last sync: it waits for the next pass's decision (the list is in arrival order).
+                late_ok = getattr(policy, "admits_late", True)
+                while (left > 0 and r.waiting and (r.waiting[0].synced or late_ok)
+                       and not (chunk_only and not fire)):
                     q = r.waiting.pop(0)
                     take = min(left, q.input_len - q.prefilled)
                     batch.append((q, take))

@@ -7,11 +7,14 @@ gathers and read every DP rank's state back out of the gathered table. The next 
 `Scheduler.get_new_batch_prefill` (AROUND) runs the pure policy on those numbers, the same on
 every rank, and either calls SGLang's prefill path or returns no prefill batch so the rank decodes.
 
-The state is as of the previous pass's sync, after that pass chose its batch. A fire admits
-only the requests each rank reported there; requests that arrived since wait one pass for a
-decision that has seen them. Without that rule a stale "nothing pending" would fire every time
-and let new arrivals through unaligned: in the simulator it erased the policy's whole effect
-(benchmarks/results/NOTES-admission.md).
+The state is as of the previous pass's sync, after that pass chose its batch. A fire on
+"nothing pending" (no rank had prefill work at that sync) admits nothing that arrived since:
+those requests wait one pass for a decision that has seen them. Without that rule the stale
+"nothing pending" would fire every time and let new arrivals through unaligned; in the
+simulator that erased the policy's whole effect. Every other fire saw prefill work and fires it
+on all ranks together, so requests that arrived since join that pass instead of starting a
+misaligned one (simulated: +2% throughput and a third less padding at c64, 2-4 ms lower TTFT
+under Poisson load; benchmarks/results/NOTES-admission.md).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import time
 import torch
 from sglang.srt.managers.schedule_batch import NextBatchPlan
 
-from ..admission.policy import EpisodeState, RankState, decide
+from ..admission.policy import FIRE_NOTHING_PENDING, EpisodeState, RankState, decide
 from ..config import AtomConfig
 from ..metrics import AtomMetrics
 
@@ -101,7 +104,10 @@ def around_get_new_batch_prefill(original, scheduler, running_batch, *args, **kw
     if controller is None:
         return original(scheduler, running_batch, *args, **kwargs)
     if controller.step():
-        plan = _prefill_reported(controller, original, scheduler, running_batch, *args, **kwargs)
+        if controller.last_decision.reason == FIRE_NOTHING_PENDING:
+            plan = _prefill_reported(controller, original, scheduler, running_batch, *args, **kwargs)
+        else:
+            plan = original(scheduler, running_batch, *args, **kwargs)
     else:
         plan = NextBatchPlan(batch_to_run=None, running_batch=running_batch)
     controller.running_batch = plan.running_batch
@@ -110,7 +116,8 @@ def around_get_new_batch_prefill(original, scheduler, running_batch, *args, **kw
 
 def _prefill_reported(controller, original, scheduler, running_batch, *args, **kwargs):
     """SGLang's prefill path over the waiting requests this rank reported at the last sync; the
-    ones that arrived since go back to the queue, in order, for the next decision."""
+    ones that arrived since go back to the queue, in order, for the next decision. (SGLang's path
+    still runs for its bookkeeping, e.g. moving requests whose grammar is ready into the queue.)"""
     later = [req for req in scheduler.waiting_queue if req.rid not in controller.reported]
     if not later:
         return original(scheduler, running_batch, *args, **kwargs)
