@@ -173,11 +173,12 @@ def check(args, out: dict) -> None:
         # What an error of the kind TBO could make looks like with these weights: the cut half
         # attending to the wrong prefix. TBO's deltas must sit far below it to mean anything.
         wrong = _logprob_diffs(answers[False][len(wave1)], answers["control"], start=half)
-        worst = max(r["tbo"]["logprob_mean_abs_diff"] for r in rows)
+        worst, wrong_mean = max(r["tbo"]["logprob_mean_abs_diff"] for r in rows), statistics.fmean(wrong)
         sensitivity = {"prompt_len": len(wave2[0][1]), "replaced_prefix_tokens": half,
                        "logprob_max_abs_diff": round(max(wrong), 5),
-                       "logprob_mean_abs_diff": round(statistics.fmean(wrong), 6),
-                       "tbo_worst_mean_over_this_mean": round(worst / statistics.fmean(wrong), 4)}
+                       "logprob_mean_abs_diff": round(wrong_mean, 6),
+                       # None: the model ignored its context, so this check could not see the error
+                       "tbo_worst_mean_over_this_mean": round(worst / wrong_mean, 4) if wrong_mean else None}
         out.setdefault("wrong_prefix_control", {})[name] = sensitivity
         print(f"   wrong-prefix control: {sensitivity}", flush=True)
         record_json(os.path.join(args.out, "tbo_check.json"), out)
