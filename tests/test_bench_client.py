@@ -231,3 +231,98 @@ def test_perf_counts_prefill_passes_per_wave_and_medians_the_unskewed_waves():
     times, passes = [0.030, 0.041, 0.029, 0.038, 0.031], [4.0, 5.0, 4.0, 5.0, 4.0]
     assert tbo_serving.aligned_median(times, passes, 4) == 0.030
     assert tbo_serving.aligned_median(times, [5.0] * 5, 4) is None
+
+
+class _FakeServer:
+    """Stands in for serving.Server in tbo_serving's check/perf: no process, a metrics page."""
+
+    passes = 0.0
+
+    def __init__(self, flags, log_path, **kwargs):
+        self.flags, self.url = flags, "http://fake"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def wait_ready(self, timeout):
+        return 1.0
+
+    def get(self, path):
+        split = 'sglang:atom_tbo_prefill_passes_total{split="yes"} 3.0\n' if "--enable-two-batch-overlap" in self.flags else ""
+        return split + f'sglang:atom_gathered_rows_padding_ratio_count{{pass="extend"}} {_FakeServer.passes}\n'
+
+
+def _context_answer(ids, max_new):
+    """A prompt logprob at position i that depends on every token before it, as a model's does."""
+    lps, acc = [[None, ids[0], None]], ids[0]
+    for i in range(1, len(ids)):
+        acc = (acc * 31 + ids[i]) % 1009
+        lps.append([-(acc % 97) / 10.0, ids[i], None])
+    return {"output_ids": [7] * max_new,
+            "meta_info": {"input_token_logprobs": lps,
+                          "output_top_logprobs": [[[-1.0, 7, None], [-3.0, 8, None]]] * max_new}}
+
+
+def test_check_runs_the_wrong_prefix_control_and_compares_only_the_second_half(tmp_path, monkeypatch):
+    """The whole `check` flow with the servers faked: identical servers give zero TBO deltas, the
+    control (first half replaced) moves the second half's logprobs, and the ratio is recorded."""
+    import argparse
+
+    import tbo_serving
+
+    sent = []
+
+    def fake_wave(url, prompts, max_new, logprobs):
+        sent.append([(rank, len(ids)) for rank, ids in prompts])
+        return [_context_answer(ids, max_new) for _, ids in prompts]
+
+    monkeypatch.setattr(tbo_serving, "Server", _FakeServer)
+    monkeypatch.setattr(tbo_serving, "wave", fake_wave)
+    monkeypatch.setattr(tbo_serving, "model_config", lambda model: {"vocab_size": 1000})
+    monkeypatch.setattr(tbo_serving.random_checkpoint, "write", lambda model, path: path)
+    args = argparse.Namespace(out=str(tmp_path), models="models/qwen3-moe-check", dp=2, tbo_comm="nccl",
+                              start_timeout=10)
+    out = {}
+    tbo_serving.check(args, out)
+    rows = out["models"]["qwen3-moe-check"]
+    assert [(r["rank"], r["prompt_len"]) for r in rows] == [(0, 300), (0, 700), (0, 1500), (1, 2600), (1, 3000)]
+    assert all(r["tbo"]["same_output_ids"] and r["tbo"]["logprob_max_abs_diff"] == 0 for r in rows)
+    control = out["wrong_prefix_control"]["qwen3-moe-check"]
+    assert (control["prompt_len"], control["replaced_prefix_tokens"]) == (3000, 1500)
+    assert control["logprob_mean_abs_diff"] > 0.5 and control["tbo_worst_mean_over_this_mean"] == 0.0
+    assert out["servers"]["qwen3-moe-check-tbo-nccl"]["prefill_passes"] == {"yes": 0.0, "no": 0}
+    # 3000 tokens on the wave-2 rank: wave 2 on both servers, the plain server's serial resend,
+    # and the control (plain server only)
+    assert sent.count([(1, 3000)]) == 4
+
+
+def test_perf_records_passes_per_wave_and_the_aligned_speedup(tmp_path, monkeypatch):
+    import argparse
+    import time
+
+    import tbo_serving
+
+    waves = []
+
+    def fake_wave(url, prompts, max_new, logprobs):
+        waves.append(len(prompts))
+        _FakeServer.passes += 5 if len(waves) % 4 == 0 else 4  # every fourth wave is skewed
+        time.sleep(0.01)  # a wave takes time (times are rounded to 0.1 ms per pass-worth)
+        return []
+
+    monkeypatch.setattr(tbo_serving, "Server", _FakeServer)
+    monkeypatch.setattr(tbo_serving, "wave", fake_wave)
+    monkeypatch.setattr(tbo_serving, "model_config", lambda model: {})
+    args = argparse.Namespace(out=str(tmp_path), models="models/qwen3-235b-width", dp=2, tokens="64",
+                              prompts_per_rank=4, warmup=1, repeats=3, tbo_comm="nccl", skip_plain=False,
+                              start_timeout=10)
+    out = {}
+    tbo_serving.perf(args, out)
+    plain, tbo = out["runs"]
+    assert waves == [8] * 8  # 4 prompts on each of 2 ranks, 1 warm-up + 3 timed waves per server
+    assert plain["passes_per_wave"] == [4.0, 4.0, 5.0] and tbo["passes_per_wave"] == [4.0, 4.0, 5.0]
+    assert plain["aligned_median_s"] is not None
+    assert "aligned_median" in out["speedup_off_over_on"]["qwen3-235b-width@64@nccl"]
