@@ -191,3 +191,24 @@ def test_warmup_keeps_the_prompt_lengths_and_caps_the_output():
     assert all(n == WARMUP_MAX_OUTPUT < full_n for (_, n), (_, full_n) in zip(warm, full))
     # the timed repeats draw other ids (seed 1000 * conc + rep), so warm-up leaves no cache hits
     assert warm[0][0] != wl.requests(1, seed=1000 * 64)[0][0]
+
+
+def test_request_rate_reaches_the_client_and_the_rows(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_load(url, reqs, concurrency, progress="", request_rate=None, seed=0):
+        calls.append((len(reqs), concurrency, request_rate, seed))
+        return [Record(input_len=len(ids), output_len=n, ttft=0.1, e2e=0.5, sent_at=0.1 * i)
+                for i, (ids, n) in enumerate(reqs)], 1.0
+
+    FakeServer.events = []
+    monkeypatch.setattr(admission_ab, "Server", FakeServer)
+    monkeypatch.setattr(admission_ab, "load", fake_load)
+    assert admission_ab.main(["--configs", "plain", "--concurrency", "4", "--repeats", "2", "--min-requests", "8",
+                              "--request-rate", "5", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "ab.json").read_text())["runs"]
+    # warm-up stays a closed loop; the timed runs are open loops with a seed per repeat
+    assert calls[0][2] is None
+    assert [c[2:] for c in calls[1:]] == [(5.0, 4000), (5.0, 4001)]
+    assert [r["request_rate"] for r in rows] == [5.0, 5.0]
+    assert all(r["steady_input_tok_s"] == 0.0 for r in rows)  # no closed-loop window to speak of
