@@ -256,10 +256,11 @@ def perf(args, out: dict) -> None:
                 # give a wave a batch shape (one rank alone) that compiles another.
                 for rep in range(args.warmup + args.repeats):
                     prompts = fresh_prompts(rng, dp, t, k)
-                    before = extend_passes(server.get("/metrics"))
+                    timed = rep >= args.warmup
+                    before = extend_passes(server.get("/metrics")) if timed else 0.0
                     t0 = time.perf_counter()
                     wave(server.url, prompts, 1, False)
-                    if rep >= args.warmup:
+                    if timed:
                         times.append((time.perf_counter() - t0) / k)
                         passes.append(extend_passes(server.get("/metrics")) - before)
                 med = statistics.median(times)
