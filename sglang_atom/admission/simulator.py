@@ -221,6 +221,9 @@ def simulate(policy, dp: int, workload: Workload, model: StepModel, concurrency_
         if not lagged:
             mark_synced(ranks)
         fire = policy.fire(synced if lagged else states)
+        # A lagged decision on "nothing pending" admits nothing that arrived after the last
+        # sync: it waits for the next pass's decision (waiting lists are in arrival order).
+        late_ok = getattr(policy, "admits_late", True)
         holds += int(not fire and any(s.has_prefill for s in states))
         # Each rank: prefill (if allowed and it has work), else decode, else idle.
         tokens, extends = [], []
@@ -233,9 +236,6 @@ def simulate(policy, dp: int, workload: Workload, model: StepModel, concurrency_
                     batch.append((r.chunked, take))
                     left -= take
                     r.chunked = None
-                # A lagged decision on "nothing pending" admits nothing that arrived after the
-                # last sync: it waits for the next pass's decision (the list is in arrival order).
-                late_ok = getattr(policy, "admits_late", True)
                 while (left > 0 and r.waiting and (r.waiting[0].synced or late_ok)
                        and not (chunk_only and not fire)):
                     q = r.waiting.pop(0)
