@@ -82,10 +82,13 @@ class AtomConfig:
         low=0.0, high=1.0, low_open=True,
     )
     tbo_min_tokens: int = _flag(
-        _POLICY.tbo_min_tokens,
+        0,
         "Two-batch overlap splits a prefill only when its largest rank has at least this many "
-        "tokens; admission fires as soon as every rank has this many pending.",
-        low=2,
+        "tokens; admission fires as soon as every rank has this many pending. 0: from the "
+        "model's expert widths, the tokens at which a pass's expert GEMMs reach 2 TFLOP (below "
+        "that, split passes measured slower than unsplit ones; Qwen3-235B widths: 7168, "
+        "DeepSeek-V3: 3072, Qwen3-30B-A3B: 26624).",
+        low=0,
     )
 
     tbo_comm: str = _flag(
@@ -155,13 +158,16 @@ class AtomConfig:
                 raise AtomConfigError(f"{name} must be {bound}, got {value}; pass a value {bound}.")
             if high is not None and value > high:
                 raise AtomConfigError(f"{name} must be <= {high}, got {value}; pass a value <= {high}.")
+        if self.tbo_min_tokens == 1:  # a one-token pass cannot be cut in two
+            raise AtomConfigError("--atom-tbo-min-tokens must be 0 (from the model) or >= 2, got 1.")
         return self
 
     @property
     def enabled(self) -> bool:
         return self.backend == "atom"
 
-    def policy_params(self, tbo_enabled: bool) -> PolicyParams:
+    def policy_params(self, tbo_enabled: bool, tbo_min_tokens: int) -> PolicyParams:
+        """`tbo_min_tokens`: --atom-tbo-min-tokens as resolved for the served model."""
         return PolicyParams(
             target_fill=self.admission_target_fill,
             align=self.admission_align,
@@ -171,7 +177,7 @@ class AtomConfig:
             stall_passes=self.admission_stall_passes,
             kv_high=self.admission_kv_high,
             tbo_enabled=tbo_enabled,
-            tbo_min_tokens=self.tbo_min_tokens,
+            tbo_min_tokens=tbo_min_tokens,
         )
 
     # ------------------------------------------------- passing to child processes

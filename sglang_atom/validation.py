@@ -130,8 +130,9 @@ def tbo_active(cfg: AtomConfig, setup: ServingSetup) -> bool:
     return cfg.enabled and setup.two_batch_overlap and setup.dp_attention and setup.dp_size > 1
 
 
-def summary(cfg: AtomConfig, setup: ServingSetup, plan: PlatformPlan) -> str:
-    """The startup line: what is active, and why a feature is off when it is."""
+def summary(cfg: AtomConfig, setup: ServingSetup, plan: PlatformPlan, tbo_min_tokens: int | None = None) -> str:
+    """The startup line: what is active, and why a feature is off when it is.
+    `tbo_min_tokens`: --atom-tbo-min-tokens as resolved for the served model, once known."""
     if admission_active(cfg, setup):
         admission = (f"admission=coalesce(target_fill={cfg.admission_target_fill}, "
                      f"align={int(cfg.admission_align)}, max_hold={cfg.admission_max_hold_passes} passes, "
@@ -145,9 +146,16 @@ def summary(cfg: AtomConfig, setup: ServingSetup, plan: PlatformPlan) -> str:
         admission = "admission=off (PD-disaggregated server: no prefill and decode to align)"
     if tbo_active(cfg, setup):
         # say it where operators look: measured so far, it breaks even at best
-        tbo = (f"tbo=prefill over all_gather/reduce_scatter by {cfg.tbo_comm} (experimental: "
-               f"0.86-1.05x of prefill without it at 4k-16k tokens per rank on 2xH200, DP4 not yet "
-               f"remeasured, see README)")
+        threshold = tbo_min_tokens or cfg.tbo_min_tokens
+        if not threshold:  # not yet resolved (the launcher has no model config)
+            where = "passes above a size derived from the model's expert widths"
+        elif cfg.tbo_min_tokens:
+            where = f"passes of >= {threshold} tokens on the largest rank"
+        else:
+            where = f"passes of >= {threshold} tokens on the largest rank (from the model's expert widths)"
+        tbo = (f"tbo=prefill {where} over all_gather/reduce_scatter by {cfg.tbo_comm} "
+               f"(experimental: 0.98-1.05x of prefill without it from 8k tokens per rank on "
+               f"2xH200, DP4 not yet remeasured, see README)")
         if cfg.tbo_nccl_max_ctas:
             tbo += f" [NCCL limited to {cfg.tbo_nccl_max_ctas} CTAs: not yet measured in serving]"
         if cfg.tbo_comm == "copy-engine":

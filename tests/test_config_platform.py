@@ -34,11 +34,12 @@ def test_flags_parse():
     (["--atom-admission-max-hold-passes", "-1"], "--atom-admission-max-hold-passes must be >= 0"),
     (["--atom-admission-stall-passes", "0"], "--atom-admission-stall-passes must be >= 1"),
     (["--atom-admission-kv-high", "2"], "--atom-admission-kv-high must be <= 1.0"),
-    (["--atom-tbo-min-tokens", "1"], "--atom-tbo-min-tokens must be >= 2"),
+    (["--atom-tbo-min-tokens", "1"], "--atom-tbo-min-tokens must be 0 (from the model) or >= 2, got 1"),
+    (["--atom-tbo-min-tokens", "-5"], "--atom-tbo-min-tokens must be >= 0"),
     (["--atom-tbo-nccl-max-ctas", "65"], "--atom-tbo-nccl-max-ctas must be <= 64"),
 ])
 def test_out_of_range_values_raise_with_the_flag_name(argv, message):
-    with pytest.raises(AtomConfigError, match=message.replace(".", r"\.")):
+    with pytest.raises(AtomConfigError, match=re.escape(message)):
         parse(argv)
 
 
@@ -155,8 +156,14 @@ def test_summary_marks_two_batch_overlap_experimental():
     on = ServingSetup("Qwen3MoeForCausalLM", dp_attention=True, dp_size=4, tp_size=4,
                       moe_a2a_backend="none", prefill_delayer=False, two_batch_overlap=True,
                       disaggregation_mode="null")
-    assert "tbo=prefill over all_gather/reduce_scatter by nccl (experimental: 0.86-1.05x" in summary(
+    line = summary(AtomConfig(backend="atom"), on, plan("cuda"), 7168)
+    assert ("tbo=prefill passes of >= 7168 tokens on the largest rank (from the model's expert "
+            "widths) over all_gather/reduce_scatter by nccl (experimental: 0.98-1.05x") in line
+    # the launcher has no model config yet; a value given on the command line is said as given
+    assert "above a size derived from the model's expert widths" in summary(
         AtomConfig(backend="atom"), on, plan("cuda"))
+    given = summary(AtomConfig(backend="atom", tbo_min_tokens=4096), on, plan("cuda"), 4096)
+    assert "passes of >= 4096 tokens on the largest rank over" in given
 
 
 def test_copy_engine_transport_needs_cuda_and_one_node():

@@ -124,7 +124,7 @@ ERROR_CASES = {
     "hold_range": (["--atom-admission-max-hold-passes", "-3"],
                    "--atom-admission-max-hold-passes must be >= 0, got -3"),
     "tbo_range": (["--atom-tbo-min-tokens", "1"],
-                  "--atom-tbo-min-tokens must be >= 2, got 1"),
+                  "--atom-tbo-min-tokens must be 0 (from the model) or >= 2, got 1"),
     "aiter_on_cpu": (["--atom-moe-kernel", "aiter"], "--atom-moe-kernel aiter needs a ROCm GPU"),
     "tbo_attention_tp": (["--enable-two-batch-overlap", "--tp", "4"],
                          "set --dp equal to --tp (got --tp 4 --dp 2)"),
@@ -237,7 +237,8 @@ def test_admission_and_tbo_together_split_in_lockstep():
     with the same split-or-not, splits only where every busy rank extends and the largest has
     --atom-tbo-min-tokens, and admission must still decide in lockstep (checked by run_lockstep)."""
     ranks, stderr = run_lockstep(1, "tbo")
-    assert "tbo=prefill over all_gather/reduce_scatter by nccl" in stderr
+    assert ("tbo=prefill passes of >= 1024 tokens on the largest rank over all_gather/reduce_scatter "
+            "by nccl") in stderr
     assert all(ranks[r]["tbo_aware"] for r in ranks)  # the policy's TBO rule is on
     split_passes = extend_unsplit = 0
     for p in range(150):

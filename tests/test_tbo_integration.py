@@ -45,6 +45,19 @@ for b in cases.values():
 out["split_kept"] = {name: b.tbo_split_seq_index is not None for name, b in cases.items()}
 out["mode_cleared"] = {name: b.global_forward_mode is None for name, b in cases.items()}
 
+# --atom-tbo-min-tokens 0: the threshold comes from the batch's real SGLang model config
+from sglang.srt.configs.model_config import ModelConfig
+auto = tbo.make_agreement(min_tokens=0)
+out["auto_split_kept"] = {}
+for model in ("qwen3-moe-tiny", "qwen3-235b-width", "deepseek-v3-width"):
+    config = ModelConfig(f"models/{model}")
+    out.setdefault("auto_min_tokens", {})[model] = tbo.split_min_tokens(0, config.hf_text_config)
+    for tokens in (4096, 8192):
+        b = batch(ForwardMode.EXTEND, [tokens, tokens])
+        b.model_config = config
+        auto(b)
+        out["auto_split_kept"][f"{model}@{tokens}"] = b.tbo_split_seq_index is not None
+
 # A decode graph replay with TBO on: the graphs were captured without micro-batches, so only the
 # primary backend may get metadata (SGLang would otherwise split the replayed batch for the
 # children, which on flashinfer MLA raised KeyError for a batch size they never captured).
@@ -76,6 +89,13 @@ def test_hooked_sglang_split_is_token_even_and_agreed():
     assert out["mode_cleared"] == {"prefill_big": False, "prefill_small": True, "decode": True,
                                    "modes_disagree": True}
     assert out["graph_calls"] == [["primary", "state"], ["primary", 4]]
+    # derived from each config's expert widths (DeepSeek's shared expert counted)
+    assert out["auto_min_tokens"] == {"qwen3-moe-tiny": 26624, "qwen3-235b-width": 7168,
+                                      "deepseek-v3-width": 3072}
+    assert out["auto_split_kept"] == {
+        "qwen3-moe-tiny@4096": False, "qwen3-moe-tiny@8192": False,
+        "qwen3-235b-width@4096": False, "qwen3-235b-width@8192": True,
+        "deepseek-v3-width@4096": True, "deepseek-v3-width@8192": True}
 
 
 MLA_SCRIPT = r"""
@@ -115,3 +135,45 @@ def test_split_deepseek_micro_batch_takes_mha_for_its_prefix_in_sglang():
     assert out["split"] == {"flashinfer": "MHA_ONE_SHOT", "fa3": "MHA_ONE_SHOT", "triton": "MLA"}
     assert out["small"] == out["plain"]
     assert out["threshold_after"] == 8192
+
+
+STARTUP_SCRIPT = r"""
+import json, logging
+from types import SimpleNamespace
+from sglang.srt.plugins import load_plugins
+load_plugins()
+from sglang.srt.server_args import prepare_server_args
+args = prepare_server_args(ARGV)  # hooked: checks the flags and publishes the config
+from sglang.srt.configs.model_config import ModelConfig
+from sglang_atom.integration import runtime
+lines = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        lines.append(record.getMessage())
+logging.getLogger("sglang_atom").addHandler(Keep())
+logging.getLogger("sglang_atom").setLevel(logging.INFO)
+# what Scheduler.__init__ hands the hooked init_schedule_policy: its args, rank and model config
+sched = SimpleNamespace(server_args=args, ps=SimpleNamespace(tp_rank=0),
+                        model_config=ModelConfig(args.model_path))
+runtime._after_init_schedule_policy(None, sched)
+print(json.dumps({"policy_min_tokens": sched._atom_admission.params.tbo_min_tokens,
+                  "policy_tbo": sched._atom_admission.params.tbo_enabled,
+                  "startup": [l for l in lines if l.startswith("sglang-atom active")]}))
+"""
+
+
+def test_scheduler_start_derives_the_split_size_from_the_model():
+    """--atom-tbo-min-tokens 0 (the default) resolved at scheduler start from the real model
+    config: the admission policy's TBO rule and the startup line get the same number as the
+    split agreement (checked above)."""
+    base = ["--model-path", str(ROOT / "models" / "qwen3-235b-width"), *CPU_ARGS, "--tp", "2",
+            "--dp", "2", "--enable-dp-attention", "--backend", "atom", "--enable-two-batch-overlap"]
+    out = last_json(run_python(STARTUP_SCRIPT.replace("ARGV", repr(base))))
+    assert out["policy_tbo"] and out["policy_min_tokens"] == 7168
+    assert len(out["startup"]) == 1
+    assert ("tbo=prefill passes of >= 7168 tokens on the largest rank (from the model's expert "
+            "widths) over all_gather/reduce_scatter by nccl") in out["startup"][0]
+    given = last_json(run_python(STARTUP_SCRIPT.replace(
+        "ARGV", repr(base + ["--atom-tbo-min-tokens", "2048"]))))
+    assert given["policy_min_tokens"] == 2048
+    assert "passes of >= 2048 tokens on the largest rank over" in given["startup"][0]

@@ -2,7 +2,10 @@
 
 from hypothesis import given, settings, strategies as st
 
-from sglang_atom.tbo.split import agree_split, micro_batch_rows, seq_cut, split_even
+import pytest
+
+from sglang_atom.tbo.split import (SPLIT_MIN_EXPERT_FLOP, agree_split, auto_min_tokens,
+                                    micro_batch_rows, seq_cut, split_even)
 
 
 def test_single_sequence_is_cut_in_the_middle():
@@ -85,3 +88,24 @@ def test_seq_cut_matches_split_even(extend):
     assert inside == any(g.offset > 0 for g in s.second)
     # SGLang's child A takes tokens [0, total // 2) whether or not a sequence is cut
     assert s.first_tokens == sum(extend) // 2 == micro_batch_rows([sum(extend)])[0][0]
+
+
+def test_auto_min_tokens_is_where_the_expert_work_reaches_the_threshold():
+    # Qwen3-30B-A3B / the tiny config, Qwen3-235B, DeepSeek-V3 (8 routed + 1 shared expert)
+    assert [auto_min_tokens(2048, 768, 8), auto_min_tokens(4096, 1536, 8),
+            auto_min_tokens(7168, 2048, 9)] == [26624, 7168, 3072]
+
+
+@given(hidden=st.integers(64, 16384), inter=st.integers(64, 8192), k=st.integers(1, 16))
+@settings(max_examples=200, deadline=None)
+def test_auto_min_tokens_is_the_smallest_multiple_of_1024_reaching_the_threshold(hidden, inter, k):
+    n = auto_min_tokens(hidden, inter, k)
+    assert n % 1024 == 0 and n >= 1024
+    flop = 6 * hidden * inter * k
+    assert n * flop >= SPLIT_MIN_EXPERT_FLOP
+    assert n == 1024 or (n - 1024) * flop < SPLIT_MIN_EXPERT_FLOP
+
+
+def test_auto_min_tokens_refuses_empty_widths():
+    with pytest.raises(ValueError, match="need positive widths"):
+        auto_min_tokens(4096, 0, 8)

@@ -41,9 +41,10 @@ _controller: "AdmissionController | None" = None
 class AdmissionController:
     """One per scheduler process; all ranks of the TP group hold one each and stay in lockstep."""
 
-    def __init__(self, scheduler, cfg: AtomConfig, tbo_enabled: bool, metrics: AtomMetrics | None):
+    def __init__(self, scheduler, cfg: AtomConfig, tbo_enabled: bool, metrics: AtomMetrics | None,
+                 tbo_min_tokens: int):
         self.scheduler = scheduler
-        self.params = cfg.policy_params(tbo_enabled)
+        self.params = cfg.policy_params(tbo_enabled, tbo_min_tokens)
         self.running_batch = None  # as left by this rank's last prefill decision
         self.gathered: list[RankState] = []  # every DP rank's state, from the last sync
         self.reported: set = set()  # rids of this rank's waiting requests at the last sync
@@ -171,14 +172,16 @@ def observe_gathered_rows(plan, scheduler, *args, **kwargs):
     return None
 
 
-def attach(scheduler, cfg: AtomConfig, admission_on: bool, tbo_on: bool) -> None:
+def attach(scheduler, cfg: AtomConfig, admission_on: bool, tbo_on: bool, tbo_min_tokens: int) -> None:
     """AFTER Scheduler.init_schedule_policy: give this scheduler its controller and metrics.
 
     Every rank decides the same thing, so only TP rank 0 records metrics (no double counting).
+    `tbo_min_tokens`: --atom-tbo-min-tokens resolved for the served model.
     """
     global _controller
     record = scheduler.server_args.enable_metrics and scheduler.ps.tp_rank == 0
     metrics = AtomMetrics.create() if record else None
     scheduler._atom_metrics = metrics
-    _controller = AdmissionController(scheduler, cfg, tbo_on, metrics) if admission_on else None
+    _controller = (AdmissionController(scheduler, cfg, tbo_on, metrics, tbo_min_tokens)
+                   if admission_on else None)
     scheduler._atom_admission = _controller

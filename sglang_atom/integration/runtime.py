@@ -72,11 +72,18 @@ def _after_init_schedule_policy(result, scheduler, *args, **kwargs):
     (here rather than in the launcher so the line appears for the CLI and the Engine API alike)."""
     cfg = process_config()
     setup = serving_setup(scheduler.server_args, None)
-    admission.attach(scheduler, cfg, admission_active(cfg, setup), tbo_active(cfg, setup))
+    tbo_on = tbo_active(cfg, setup)
+    min_tokens = cfg.tbo_min_tokens
+    if tbo_on:
+        try:
+            min_tokens = tbo.split_min_tokens(cfg.tbo_min_tokens, scheduler.model_config.hf_text_config)
+        except RuntimeError as exc:
+            raise AtomStartupError(str(exc)) from exc
+    admission.attach(scheduler, cfg, admission_active(cfg, setup), tbo_on, min_tokens)
     if scheduler.ps.tp_rank == 0:
         plan = platform.plan(platform.probe(), cfg.moe_kernel, os.environ)
         roles = hooked_roles() + ["scheduler"]
-        logger.info(f"{summary(cfg, setup, plan)} | hooks verified in: {', '.join(roles)}")
+        logger.info(f"{summary(cfg, setup, plan, min_tokens)} | hooks verified in: {', '.join(roles)}")
 
 
 class DPControllerProcess:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from ..tbo.overlap import make_transport, micro_batch_program, nccl_group, run_interleaved
-from ..tbo.split import agree_split, micro_batch_rows, seq_cut
+from ..tbo.split import agree_split, auto_min_tokens, micro_batch_rows, seq_cut
 from . import moe_layers
 
 _TBO = "sglang.srt.batch_overlap.two_batch_overlap"
@@ -56,12 +56,30 @@ def is_two_chunk_split_enabled(extend_lens) -> bool:
     return extend_lens is not None and seq_cut(extend_lens)[1]
 
 
+def split_min_tokens(configured: int, hf_text_config) -> int:
+    """--atom-tbo-min-tokens for this model: the value given, or for 0 the one derived from its
+    expert widths (`tbo.split.auto_min_tokens`). Every rank serves the same config, so every
+    rank gets the same number."""
+    if configured:
+        return configured
+    c = hf_text_config
+    try:
+        experts = c.num_experts_per_tok + (getattr(c, "n_shared_experts", None) or 0)
+        return auto_min_tokens(c.hidden_size, c.moe_intermediate_size, experts)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise RuntimeError(f"sglang-atom TBO cannot derive --atom-tbo-min-tokens from this model's "
+                           f"config ({exc}); pass --atom-tbo-min-tokens N.") from exc
+
+
 def make_agreement(min_tokens: int):
     """AFTER hook of `prepare_mlp_sync_batch_raw`: keep SGLang's split only where all ranks agree.
 
     SGLang has just gathered every rank's token count and forward mode, so the inputs here are
     the same on every rank and so is the answer: split only prefill (global mode EXTEND, which
-    SGLang sets only when all busy ranks extend) where the largest rank has `min_tokens`.
+    SGLang sets only when all busy ranks extend) where the largest rank has `min_tokens` (0: the
+    model's `split_min_tokens`, derived again each pass from the batch's config: a few
+    attribute reads; the scheduler derived it once at start-up, where a config it cannot use
+    stops the server).
     """
     from sglang.srt.model_executor.forward_batch_info import ForwardMode
 
@@ -72,8 +90,9 @@ def make_agreement(min_tokens: int):
         if batch is None or batch.tbo_split_seq_index is None:
             return None
         tokens = list(batch.global_num_tokens)
+        threshold = min_tokens or split_min_tokens(0, batch.model_config.hf_text_config)
         if not (batch.global_forward_mode == ForwardMode.EXTEND
-                and agree_split(tokens, [True] * len(tokens), min_tokens)):
+                and agree_split(tokens, [True] * len(tokens), threshold)):
             batch.tbo_split_seq_index = None
             batch.global_forward_mode = None
         return None

@@ -92,3 +92,26 @@ def agree_split(rank_tokens: Sequence[int], rank_is_prefill: Sequence[bool], min
         return False
     busy = [p for t, p in zip(rank_tokens, rank_is_prefill) if t > 0]
     return bool(busy) and all(busy) and max(rank_tokens) >= min_tokens
+
+
+# A split pass pays only where its GEMMs outweigh what splitting costs: about twice the kernel
+# launches (two micro-batches per layer) and SGLang's preparation of two child batches, a
+# fixed host cost per layer whatever the width. Served on 2xH200 at DP2 (2026-11-23,
+# benchmarks/results/NOTES-tbo.md), passes whose expert GEMMs came to 0.3 and 1.2 TFLOP ran at
+# 0.72x and 0.86x of the same pass unsplit (tiny Qwen3-MoE and Qwen3-235B widths at 4096 tokens
+# per rank), and from 2.5 TFLOP up at 0.98-1.05x (Qwen3-235B widths at 8k-16k, DeepSeek-V3
+# widths at 4k-16k). The threshold sits between the two groups; DP4 and up, where the
+# collectives to hide are larger, are not measured against it yet.
+SPLIT_MIN_EXPERT_FLOP = 2e12
+
+
+def auto_min_tokens(hidden: int, moe_intermediate: int, experts_per_token: int) -> int:
+    """Tokens on the largest rank from which a prefill splits under `--atom-tbo-min-tokens 0`:
+    where the pass's expert GEMMs (gate, up and down of every expert a token uses, shared
+    experts counted) reach SPLIT_MIN_EXPERT_FLOP, rounded up to a multiple of 1024."""
+    if min(hidden, moe_intermediate, experts_per_token) <= 0:
+        raise ValueError(f"need positive widths, got hidden {hidden}, moe_intermediate "
+                         f"{moe_intermediate}, experts_per_token {experts_per_token}")
+    flop_per_token = 6 * hidden * moe_intermediate * experts_per_token
+    tokens = -(-int(SPLIT_MIN_EXPERT_FLOP) // flop_per_token)
+    return -(-tokens // 1024) * 1024
