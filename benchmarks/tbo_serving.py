@@ -229,8 +229,12 @@ def prefill_servers(args, out: dict, model: str, tokens_per_rank: int):
     name = os.path.basename(model.rstrip("/"))
     budget = str(tokens_per_rank * args.dp)
     for tbo_comm in [*([] if args.skip_plain else [None]), *args.tbo_comm.split(",")]:
+        # TBO servers split every pass measured here: these modes measure the split itself, and
+        # the size a model splits from by default (`--atom-tbo-min-tokens 0`) would leave some
+        # sizes unsplit. `--server-args "--atom-tbo-min-tokens 0"` measures the default instead.
+        split_all = ["--atom-tbo-min-tokens", "256"] if tbo_comm else []
         flags = server_flags(model, args.dp, tbo_comm, [*BASE_FLAGS, "--chunked-prefill-size", budget,
-                                                        "--max-prefill-tokens", budget])
+                                                        "--max-prefill-tokens", budget, *split_all])
         with serving(args, out, name, tbo_comm, flags) as (server, label):
             yield name, tbo_comm, server, label
 

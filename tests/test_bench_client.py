@@ -237,9 +237,11 @@ class _FakeServer:
     """Stands in for serving.Server in tbo_serving's check/perf: no process, a metrics page."""
 
     passes = 0.0
+    started: list[list[str]] = []
 
     def __init__(self, flags, log_path, **kwargs):
         self.flags, self.url = flags, "http://fake"
+        _FakeServer.started.append(list(flags))
 
     def __enter__(self):
         return self
@@ -320,8 +322,14 @@ def test_perf_records_passes_per_wave_and_the_aligned_speedup(tmp_path, monkeypa
                               prompts_per_rank=4, warmup=1, repeats=3, tbo_comm="nccl", skip_plain=False,
                               start_timeout=10)
     out = {}
+    _FakeServer.started = []
     tbo_serving.perf(args, out)
     plain, tbo = out["runs"]
+    # perf measures the split itself: the TBO server splits every pass, whatever the model's
+    # derived split size; the plain server has no such flag
+    plain_flags, tbo_flags = _FakeServer.started
+    assert "--atom-tbo-min-tokens" not in plain_flags
+    assert tbo_flags[tbo_flags.index("--atom-tbo-min-tokens") + 1] == "256"
     assert waves == [8] * 8  # 4 prompts on each of 2 ranks, 1 warm-up + 3 timed waves per server
     assert plain["passes_per_wave"] == [4.0, 4.0, 5.0] and tbo["passes_per_wave"] == [4.0, 4.0, 5.0]
     assert plain["aligned_median_s"] is not None
