@@ -319,7 +319,9 @@ def profile(args, out: dict) -> None:
             path = _tp0_trace(trace_dir)
             out.setdefault("profiles", {})[label] = {
                 "tokens_per_rank": t, "warmup_wave_s": warmup_s, "wave_s": round(wave_s, 4), "trace": path,
-                "summary": trace_summary.summarize(trace_summary.load(path)) if path else None}
+                "summary": trace_summary.summarize(trace_summary.load(path)) if path else None,
+                # host time per Python function: a split pass of a small model waits on the host
+                "python": trace_summary.python_summary(trace_summary.load_python(path), 25) if path else None}
             print(f"   {label}: profiled wave {wave_s * 1000:.1f} ms, trace {path}", flush=True)
             record_json(os.path.join(args.out, "tbo_profile.json"), out)
 

@@ -1,6 +1,7 @@
 """Where GPU time goes in a PyTorch/SGLang chrome trace: per stream, per kernel kind, idle gaps.
 
     python3 benchmarks/trace_summary.py TRACE.json[.gz] [TRACE ...] [--out summary.json] [--timeline US]
+        [--python N]
 
 For each trace (torch.profiler's `export_chrome_trace`, or SGLang's `/start_profile` output):
 the GPU span, and per CUDA stream the busy time of kernels and copies, split into kinds by
@@ -9,6 +10,8 @@ The compute stream (the one with the most kernel time) also gets its idle time i
 and its longest gaps with the name of the kernel that ended each: a stream waiting on a
 collective shows up there. `--timeline US` also prints every kernel or copy of at least US
 microseconds (and every NCCL kernel) in time order: start and length in ms, stream, name.
+`--python N` lists the Python functions with the most inclusive and self time (traces recorded
+with stacks), for passes where the GPU waits on the host.
 Used for the two-batch-overlap notes (benchmarks/results/NOTES-tbo.md).
 """
 
@@ -48,6 +51,49 @@ def load(path: str) -> list[dict]:
         data = json.load(f)
     events = data["traceEvents"] if isinstance(data, dict) else data
     return [e for e in events if e.get("ph") == "X" and e.get("cat") in GPU_CATEGORIES]
+
+
+def load_python(path: str) -> list[dict]:
+    """The Python function events of a trace recorded with stacks (SGLang's profiler records them)."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt") as f:
+        data = json.load(f)
+    events = data["traceEvents"] if isinstance(data, dict) else data
+    return [e for e in events if e.get("ph") == "X" and e.get("cat") == "python_function"]
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-f]+")
+
+
+def python_summary(events: list[dict], top: int = 15) -> dict:
+    """Where the host's time goes: per Python function, inclusive time (a recursive call counted
+    once, at its outermost frame) and self time (minus its callees), in ms, top `top` of each.
+
+    A split prefill pass that is host-bound shows here as the functions the GPU waited for.
+    """
+    by_id = {e["args"]["Python id"]: e for e in events if "Python id" in e.get("args", {})}
+    child_us: dict = defaultdict(float)
+    for e in by_id.values():
+        child_us[e["args"].get("Python parent id")] += e["dur"]
+    inclusive: dict[str, float] = defaultdict(float)
+    own: dict[str, float] = defaultdict(float)
+    for pid, e in by_id.items():
+        name = _ADDRESS.sub("", e["name"])
+        own[name] += max(0.0, e["dur"] - child_us.get(pid, 0.0))
+        parent, nested = by_id.get(e["args"].get("Python parent id")), False
+        while parent is not None:
+            if _ADDRESS.sub("", parent["name"]) == name:
+                nested = True
+                break
+            parent = by_id.get(parent["args"].get("Python parent id"))
+        if not nested:
+            inclusive[name] += e["dur"]
+
+    def ranked(totals):
+        return [{"function": n[:160], "ms": round(v / 1000, 3)}
+                for n, v in sorted(totals.items(), key=lambda kv: -kv[1])[:top]]
+
+    return {"inclusive": ranked(inclusive), "self": ranked(own)}
 
 
 def summarize(events: list[dict], top_gaps: int = 5, min_gap_us: float = 20.0) -> dict:
@@ -97,11 +143,18 @@ def main() -> int:
     ap.add_argument("traces", nargs="+")
     ap.add_argument("--out", default="")
     ap.add_argument("--timeline", type=float, default=0, help="also list kernels of at least this many µs")
+    ap.add_argument("--python", type=int, default=0,
+                    help="also list the N Python functions with the most inclusive and self time")
     args = ap.parse_args()
     results = {}
     for path in args.traces:
         events = load(path)
         s = results[path] = summarize(events)
+        if args.python:
+            s["python"] = python_summary(load_python(path), args.python)
+            for kind in ("inclusive", "self"):
+                print(f"== {path}: Python functions by {kind} time (ms)")
+                print("\n".join(f"  {row['ms']:9.3f} {row['function']}" for row in s["python"][kind]))
         if args.timeline:
             print(f"== {path}: kernels of at least {args.timeline:g} us (start ms, length ms, stream, name)")
             print("\n".join(timeline(events, args.timeline)))

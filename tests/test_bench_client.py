@@ -334,3 +334,39 @@ def test_perf_records_passes_per_wave_and_the_aligned_speedup(tmp_path, monkeypa
     assert plain["passes_per_wave"] == [4.0, 4.0, 5.0] and tbo["passes_per_wave"] == [4.0, 4.0, 5.0]
     assert plain["aligned_median_s"] is not None
     assert "aligned_median" in out["speedup_off_over_on"]["qwen3-235b-width@64@nccl"]
+
+
+def test_profile_summarizes_gpu_and_host_time_of_each_servers_trace(tmp_path, monkeypatch):
+    """`tbo_serving profile` with the servers faked: each writes a TP-0 trace on /stop_profile
+    (as SGLang's ranks do), and the result holds its GPU summary and its host time by function."""
+    import argparse
+    import gzip
+    import json as _json
+    import os
+
+    import tbo_serving
+
+    class ProfilingServer(_FakeServer):
+        def post(self, path, body):
+            if path == "/start_profile":
+                self.trace_dir = body["output_dir"]
+            elif path == "/stop_profile":
+                os.makedirs(self.trace_dir, exist_ok=True)
+                events = [{"ph": "X", "cat": "kernel", "name": "fused_moe_kernel", "ts": 0, "dur": 500,
+                           "args": {"stream": 7}},
+                          {"ph": "X", "cat": "python_function", "name": "tbo.py(5): prepare", "ts": 0,
+                           "dur": 2000, "args": {"Python id": 1, "Python parent id": None}}]
+                with gzip.open(os.path.join(self.trace_dir, "1-TP-0-DP-0.trace.json.gz"), "wt") as f:
+                    _json.dump({"traceEvents": events}, f)
+            return {}
+
+    monkeypatch.setattr(tbo_serving, "Server", ProfilingServer)
+    monkeypatch.setattr(tbo_serving, "wave", lambda url, prompts, max_new, logprobs: [])
+    args = argparse.Namespace(out=str(tmp_path), models="models/qwen3-moe-tiny", dp=2, tokens="4096",
+                              warmup=1, tbo_comm="nccl", skip_plain=False, start_timeout=10)
+    out = {}
+    tbo_serving.profile(args, out)
+    assert sorted(out["profiles"]) == ["qwen3-moe-tiny-plain", "qwen3-moe-tiny-tbo-nccl"]
+    for p in out["profiles"].values():
+        assert p["summary"]["streams"]["7"]["moe"] == 0.5
+        assert p["python"]["inclusive"] == [{"function": "tbo.py(5): prepare", "ms": 2.0}]

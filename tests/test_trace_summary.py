@@ -43,3 +43,32 @@ def test_summary_splits_streams_and_kinds_and_finds_the_gap(tmp_path):
 
 def test_empty_trace():
     assert trace_summary.summarize([])["compute_stream"] is None
+
+
+def py(name, pid, parent, ts, dur):
+    return {"ph": "X", "cat": "python_function", "name": name, "ts": ts, "dur": dur,
+            "args": {"Python id": pid, "Python parent id": parent}}
+
+
+def test_python_summary_gives_inclusive_and_self_time_per_function(tmp_path):
+    events = [
+        py("scheduler.py(10): run_batch", 1, None, 0, 1000),
+        py("tbo.py(5): prepare", 2, 1, 0, 300),
+        py("<built-in method tolist of Tensor object at 0x7f00aa>", 3, 2, 10, 250),
+        py("overlap.py(9): step", 4, 1, 300, 600),
+        py("overlap.py(9): step", 5, 4, 350, 400),  # recursive: counted once inclusively
+        py("<built-in method tolist of Tensor object at 0x7f00bb>", 6, 5, 400, 100),
+        kernel("fused_moe_kernel", 0, 50, 7),  # GPU event: not Python
+    ]
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"traceEvents": events}))
+    s = trace_summary.python_summary(trace_summary.load_python(str(path)))
+    inclusive = {r["function"]: r["ms"] for r in s["inclusive"]}
+    own = {r["function"]: r["ms"] for r in s["self"]}
+    assert inclusive["scheduler.py(10): run_batch"] == 1.0
+    assert inclusive["overlap.py(9): step"] == 0.6  # the outer call only
+    # the two tolist calls on different tensors are one function (addresses dropped)
+    assert inclusive["<built-in method tolist of Tensor object>"] == 0.35
+    assert own == {"scheduler.py(10): run_batch": 0.1, "tbo.py(5): prepare": 0.05,
+                   "<built-in method tolist of Tensor object>": 0.35, "overlap.py(9): step": 0.5}
+    assert [r["function"] for r in s["self"]][0] == "overlap.py(9): step"
