@@ -5,7 +5,7 @@ its collectives by, and the agreement must drop the split everywhere SGLang's ga
 say it should. The layer execution itself needs a GPU (benchmarks/tbo_serving.py).
 """
 
-from sglang_helpers import CPU_ARGS, ROOT, last_json, run_python
+from sglang_helpers import CPU_ARGS, QWEN as QWEN_PATH, ROOT, last_json, run_python
 
 SCRIPT = r"""
 import json, pkgutil, random
@@ -33,7 +33,8 @@ out["split_mismatches"] = mismatches[:5]
 agree = tbo.make_agreement(min_tokens=4096)
 def batch(mode, tokens, split=0):
     return SimpleNamespace(forward_mode=ForwardMode.EXTEND, tbo_split_seq_index=split,
-                           global_forward_mode=mode, global_num_tokens=tokens)
+                           global_forward_mode=mode, global_num_tokens=tokens,
+                           can_run_dp_breakable_cuda_graph=True)
 cases = {
     "prefill_big": batch(ForwardMode.EXTEND, [8192, 0, 3000, 9000]),
     "prefill_small": batch(ForwardMode.EXTEND, [1000, 4095, 0, 0]),
@@ -44,6 +45,7 @@ for b in cases.values():
     agree(b)
 out["split_kept"] = {name: b.tbo_split_seq_index is not None for name, b in cases.items()}
 out["mode_cleared"] = {name: b.global_forward_mode is None for name, b in cases.items()}
+out["graph_kept"] = {name: b.can_run_dp_breakable_cuda_graph for name, b in cases.items()}
 
 # --atom-tbo-min-tokens 0: the threshold comes from the batch's real SGLang model config
 from sglang.srt.configs.model_config import ModelConfig
@@ -89,6 +91,9 @@ def test_hooked_sglang_split_is_token_even_and_agreed():
     assert out["mode_cleared"] == {"prefill_big": False, "prefill_small": True, "decode": True,
                                    "modes_disagree": True}
     assert out["graph_calls"] == [["primary", "state"], ["primary", 4]]
+    # a split pass leaves the prefill graphs on every rank; the others keep SGLang's verdict
+    assert out["graph_kept"] == {"prefill_big": False, "prefill_small": True, "decode": True,
+                                 "modes_disagree": True}
     # derived from each config's expert widths (DeepSeek's shared expert counted)
     assert out["auto_min_tokens"] == {"qwen3-moe-tiny": 26624, "qwen3-235b-width": 7168,
                                       "deepseek-v3-width": 3072}
@@ -177,3 +182,36 @@ def test_scheduler_start_derives_the_split_size_from_the_model():
         "ARGV", repr(base + ["--atom-tbo-min-tokens", "2048"]))))
     assert given["policy_min_tokens"] == 2048
     assert "passes of >= 2048 tokens on the largest rank over" in given["startup"][0]
+
+
+GRAPH_RULES_SCRIPT = r"""
+import json
+from sglang.srt.plugins import load_plugins
+load_plugins()
+from sglang.srt.server_args import prepare_server_args
+from sglang.srt.model_executor.cuda_graph_config import Backend
+base = BASE
+out = {}
+for name, extra in {"sglang_tbo": ["--enable-two-batch-overlap"],
+                    "atom_tbo": ["--backend", "atom", "--enable-two-batch-overlap"],
+                    "atom": ["--backend", "atom"]}.items():
+    args = prepare_server_args(base + extra)
+    # On CPU SGLang has already turned the prefill graphs off; rerun its breakable-graph rules
+    # as on a GPU, in the writable state they run in while ServerArgs resolves.
+    args.cuda_graph_config.prefill.backend = Backend.BREAKABLE
+    object.__setattr__(args, "_declarations_materialized", False)
+    args._disable_breakable_cudagraph_if_incompatible()
+    object.__setattr__(args, "_declarations_materialized", True)
+    out[name] = [args.cuda_graph_config.prefill.backend, args.enable_two_batch_overlap]
+print(json.dumps(out))
+"""
+
+
+def test_prefill_graphs_stay_on_with_tbo_under_atom():
+    """SGLang 0.5.17 turns its breakable prefill CUDA graphs off for --enable-two-batch-overlap;
+    under --backend atom only split passes leave them (the agreement above), so the rule is
+    skipped and the flag itself is left as given."""
+    base = ["--model-path", QWEN_PATH, *CPU_ARGS, "--tp", "2", "--dp", "2", "--enable-dp-attention"]
+    out = last_json(run_python(GRAPH_RULES_SCRIPT.replace("BASE", repr(base))))
+    assert out == {"sglang_tbo": ["disabled", True], "atom_tbo": ["breakable", True],
+                   "atom": ["breakable", False]}

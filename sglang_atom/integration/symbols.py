@@ -11,6 +11,7 @@ CLI_TARGETS = (
     "sglang.srt.server_args.ServerArgs.add_cli_args",
     "sglang.srt.server_args.ServerArgs.from_cli_args",
     "sglang.srt.server_args.ServerArgs.__post_init__",
+    "sglang.srt.server_args.ServerArgs._disable_breakable_cudagraph_if_incompatible",
 )
 
 # Hook targets that change serving (installed only with --backend atom).

@@ -95,6 +95,11 @@ def make_agreement(min_tokens: int):
                 and agree_split(tokens, [True] * len(tokens), threshold)):
             batch.tbo_split_seq_index = None
             batch.global_forward_mode = None
+        else:
+            # A split pass runs its micro-batches eagerly: the prefill graphs were captured
+            # whole (`cli.around_breakable_graph_rules`). Every rank splits, so every rank
+            # leaves the graphs, and their collectives stay matched.
+            batch.can_run_dp_breakable_cuda_graph = False
         return None
 
     return after_prepare_mlp_sync_batch_raw
