@@ -96,12 +96,12 @@ def agree_split(rank_tokens: Sequence[int], rank_is_prefill: Sequence[bool], min
 
 # A split pass pays only where its GEMMs outweigh what splitting costs: about twice the kernel
 # launches (two micro-batches per layer) and SGLang's preparation of two child batches, a
-# fixed host cost per layer whatever the width. Served on 2xH200 at DP2 (2026-11-23,
-# benchmarks/results/NOTES-tbo.md), passes whose expert GEMMs came to 0.3 and 1.2 TFLOP ran at
-# 0.72x and 0.86x of the same pass unsplit (tiny Qwen3-MoE and Qwen3-235B widths at 4096 tokens
-# per rank), and from 2.5 TFLOP up at 0.98-1.05x (Qwen3-235B widths at 8k-16k, DeepSeek-V3
-# widths at 4k-16k). The threshold sits between the two groups; DP4 and up, where the
-# collectives to hide are larger, are not measured against it yet.
+# fixed host cost per layer whatever the width. Served on 2xH200 at DP2 (2026-11-22/23, both
+# servers eager; benchmarks/results/NOTES-tbo.md), a pass whose expert GEMMs came to 1.2 TFLOP
+# ran split at 0.86x of the same pass unsplit (Qwen3-235B widths at 4096 tokens per rank), and
+# passes from 2.5 TFLOP up at 0.98-1.05x (Qwen3-235B widths at 8k-16k, DeepSeek-V3 widths at
+# 4k-16k). The threshold sits between the two; DP4 and up, where the collectives to hide are
+# larger, are not measured against it yet.
 SPLIT_MIN_EXPERT_FLOP = 2e12
 
 
