@@ -60,3 +60,15 @@ def test_cli_writes_table_json_and_plot(tmp_path):
                                                      for p in ("none", "sglang_delayer", "atom")}
     assert "| 1k1k | 8 | atom |" in (tmp_path / "sim.md").read_text()
     assert (tmp_path / "sim.png").stat().st_size > 10_000
+
+
+def test_max_len_gather_charges_pad_rows_only_in_extend_passes_without_a_decoding_rank():
+    padded = StepModel(c0_ms=10.0, k_ms=0.003, max_len_aligned_prefill=True)
+    # one rank prefills 2048, the others idle: SGLang pads all four to 2048 for the experts
+    assert padded.step_ms([2048, 0, 0, 0], True, any_decode=False) == MODEL.step_ms([2048] * 4, True)
+    assert padded.step_ms([2048, 0, 0, 0], True, any_decode=False) > MODEL.step_ms([2048, 0, 0, 0], True)
+    # a decoding rank votes the prefill graph off: SUM_LEN, as without the flag
+    assert padded.step_ms([2048, 16, 16, 16], True, any_decode=True) == MODEL.step_ms([2048, 16, 16, 16], True)
+    # balanced passes have nothing to pad, and decode passes are untouched
+    assert padded.step_ms([2048] * 4, True, any_decode=False) == MODEL.step_ms([2048] * 4, True)
+    assert padded.step_ms([16, 8, 0, 0], False, any_decode=True) == MODEL.step_ms([16, 8, 0, 0], False)

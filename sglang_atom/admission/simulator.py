@@ -40,10 +40,16 @@ class StepModel:
     attn_share: float = 1 / 3
     moe_share: float = 2 / 3
     graph_decode_speedup: float = 1.0  # pure-decode passes with CUDA graphs (1.0: graphs off, as measured)
+    # SGLang 0.5.17 with its breakable prefill CUDA graphs on (non-MLA models): an extend pass in
+    # which no rank decodes gathers MAX_LEN, and TP-sharded experts compute the pad rows too,
+    # dp x max rows (dp_attn.py:266-291, forward_batch_info.py:1270-1288; see NOTES-admission.md).
+    max_len_aligned_prefill: bool = False
 
-    def step_ms(self, tokens: list[int], any_extend: bool) -> float:
+    def step_ms(self, tokens: list[int], any_extend: bool, any_decode: bool = True) -> float:
         dp = len(tokens)
-        work = self.attn_share * max(tokens) + self.moe_share * sum(tokens) / dp
+        padded = self.max_len_aligned_prefill and any_extend and not any_decode
+        rows = dp * max(tokens) if padded else sum(tokens)
+        work = self.attn_share * max(tokens) + self.moe_share * rows / dp
         t = self.c0_ms + self.k_ms * work
         return t if any_extend else t / self.graph_decode_speedup
 
@@ -253,7 +259,8 @@ def simulate(policy, dp: int, workload: Workload, model: StepModel, concurrency_
         synced = [rank_state(r, now, budget, kv_tokens, batch) for r, batch in zip(ranks, extends)]
         mark_synced(ranks)
         any_extend = any(e is not None for e in extends)
-        step = model.step_ms(tokens, any_extend)
+        any_decode = any(e is None and r.running for e, r in zip(extends, ranks))
+        step = model.step_ms(tokens, any_extend, any_decode)
         if max(tokens) == 0 and not any_extend:
             # Nothing anywhere: jump to the next arrival (Poisson) instead of spinning.
             now = poisson_next if arrival == "poisson" else now + step
@@ -261,7 +268,7 @@ def simulate(policy, dp: int, workload: Workload, model: StepModel, concurrency_
         passes += 1
         now += step
         busy += 1
-        mixed += int(any_extend and any(e is None and r.running for e, r in zip(extends, ranks)))
+        mixed += int(any_extend and any_decode)
         idle_rank_steps += sum(1 for t in tokens if t == 0)
         pad.append(padding_ratio(tokens))
         for r, batch in zip(ranks, extends):
@@ -365,6 +372,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rate-per-rank", type=float, default=1.0, help="Poisson requests/s per rank")
     ap.add_argument("--graph-decode-speedup", type=float, default=1.0,
                     help="pure-decode pass speedup from CUDA graphs (1.0: graphs off, as measured)")
+    ap.add_argument("--max-len-aligned-prefill", action="store_true",
+                    help="extend passes without a decoding rank compute the experts on dp x max "
+                         "rows, as SGLang 0.5.17 does with its prefill CUDA graphs on")
     ap.add_argument("--target-fill", type=float, default=PolicyParams.target_fill)
     ap.add_argument("--stall-passes", type=int, default=PolicyParams.stall_passes)
     ap.add_argument("--max-hold-passes", type=int, default=PolicyParams.max_hold_passes)
@@ -377,7 +387,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     fitted, rms = fit_step_model()
-    model = StepModel(fitted.c0_ms, fitted.k_ms, graph_decode_speedup=args.graph_decode_speedup)
+    model = StepModel(fitted.c0_ms, fitted.k_ms, graph_decode_speedup=args.graph_decode_speedup,
+                      max_len_aligned_prefill=args.max_len_aligned_prefill)
     params = PolicyParams(target_fill=args.target_fill, stall_passes=args.stall_passes,
                           max_hold_passes=args.max_hold_passes,
                           chunked_max_hold_passes=args.chunked_max_hold_passes)
