@@ -233,7 +233,11 @@ def prefill_servers(args, out: dict, model: str, tokens_per_rank: int):
         # the size a model splits from by default (`--atom-tbo-min-tokens 0`) would leave some
         # sizes unsplit. `--server-args "--atom-tbo-min-tokens 0"` measures the default instead.
         split_all = ["--atom-tbo-min-tokens", "256"] if tbo_comm else []
-        flags = server_flags(model, args.dp, tbo_comm, [*BASE_FLAGS, "--chunked-prefill-size", budget,
+        # --cuda-graph: SGLang's defaults, under which the plain server runs prefill passes up to
+        # its chunk size in breakable CUDA graphs (non-MLA models), as a user's server would,
+        # and the TBO server's split passes run eagerly. Without it both run eagerly.
+        base = [f for f in BASE_FLAGS if not (getattr(args, "cuda_graph", False) and f == "--disable-cuda-graph")]
+        flags = server_flags(model, args.dp, tbo_comm, [*base, "--chunked-prefill-size", budget,
                                                         "--max-prefill-tokens", budget, *split_all])
         with serving(args, out, name, tbo_comm, flags) as (server, label):
             yield name, tbo_comm, server, label
@@ -349,6 +353,9 @@ def main() -> int:
                          "check the first")
     ap.add_argument("--skip-plain", action="store_true",
                     help="perf/profile: only the TBO servers (the plain number from an earlier run)")
+    ap.add_argument("--cuda-graph", action="store_true",
+                    help="perf/profile: keep SGLang's CUDA graphs on (plain prefill then runs in its "
+                         "breakable prefill graphs, split passes eagerly); default: both servers eager")
     ap.add_argument("--start-timeout", type=float, default=400)
     ap.add_argument("--server-args", default="",
                     help="more flags for every server, e.g. '--watchdog-timeout 60' so a hang dumps stacks")

@@ -330,10 +330,15 @@ def test_perf_records_passes_per_wave_and_the_aligned_speedup(tmp_path, monkeypa
     plain_flags, tbo_flags = _FakeServer.started
     assert "--atom-tbo-min-tokens" not in plain_flags
     assert tbo_flags[tbo_flags.index("--atom-tbo-min-tokens") + 1] == "256"
+    assert "--disable-cuda-graph" in plain_flags and "--disable-cuda-graph" in tbo_flags
     assert waves == [8] * 8  # 4 prompts on each of 2 ranks, 1 warm-up + 3 timed waves per server
     assert plain["passes_per_wave"] == [4.0, 4.0, 5.0] and tbo["passes_per_wave"] == [4.0, 4.0, 5.0]
     assert plain["aligned_median_s"] is not None
     assert "aligned_median" in out["speedup_off_over_on"]["qwen3-235b-width@64@nccl"]
+    # --cuda-graph: both servers keep SGLang's graphs (plain prefill in its breakable graphs)
+    _FakeServer.started, args.cuda_graph = [], True
+    tbo_serving.perf(args, {})
+    assert not any("--disable-cuda-graph" in flags for flags in _FakeServer.started)
 
 
 def test_profile_summarizes_gpu_and_host_time_of_each_servers_trace(tmp_path, monkeypatch):
