@@ -49,9 +49,9 @@ out["graph_kept"] = {name: b.can_run_dp_breakable_cuda_graph for name, b in case
 
 # --atom-tbo-min-tokens 0: the threshold comes from the batch's real SGLang model config
 from sglang.srt.configs.model_config import ModelConfig
-auto = tbo.make_agreement(min_tokens=0)
 out["auto_split_kept"] = {}
 for model in ("qwen3-moe-tiny", "qwen3-235b-width", "deepseek-v3-width"):
+    auto = tbo.make_agreement(min_tokens=0)  # one per scheduler process, and so per model
     config = ModelConfig(f"models/{model}")
     out.setdefault("auto_min_tokens", {})[model] = tbo.split_min_tokens(0, config.hf_text_config)
     for tokens in (4096, 8192):

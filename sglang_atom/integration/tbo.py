@@ -77,20 +77,24 @@ def make_agreement(min_tokens: int):
     SGLang has just gathered every rank's token count and forward mode, so the inputs here are
     the same on every rank and so is the answer: split only prefill (global mode EXTEND, which
     SGLang sets only when all busy ranks extend) where the largest rank has `min_tokens` (0: the
-    model's `split_min_tokens`, derived again each pass from the batch's config: a few
-    attribute reads; the scheduler derived it once at start-up, where a config it cannot use
-    stops the server).
+    model's `split_min_tokens`, derived from the first batch's config, since the hook is built
+    before the model is known; the scheduler derived the same number at start-up, where a
+    config it cannot use stops the server).
     """
     from sglang.srt.model_executor.forward_batch_info import ForwardMode
 
+    threshold = min_tokens
+
     def after_prepare_mlp_sync_batch_raw(result, *args, **kwargs):
+        nonlocal threshold
         batch = result
         if batch is not None and batch.forward_mode.is_prebuilt():
             batch = getattr(batch, "inner_idle_batch", None)
         if batch is None or batch.tbo_split_seq_index is None:
             return None
         tokens = list(batch.global_num_tokens)
-        threshold = min_tokens or split_min_tokens(0, batch.model_config.hf_text_config)
+        if not threshold:  # one model per scheduler process: derive once
+            threshold = split_min_tokens(0, batch.model_config.hf_text_config)
         if not (batch.global_forward_mode == ForwardMode.EXTEND
                 and agree_split(tokens, [True] * len(tokens), threshold)):
             batch.tbo_split_seq_index = None
