@@ -45,21 +45,21 @@ def kind_of(event: dict) -> str:
     return "other"
 
 
-def load(path: str) -> list[dict]:
+def _complete_events(path: str, categories) -> list[dict]:
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rt") as f:
         data = json.load(f)
     events = data["traceEvents"] if isinstance(data, dict) else data
-    return [e for e in events if e.get("ph") == "X" and e.get("cat") in GPU_CATEGORIES]
+    return [e for e in events if e.get("ph") == "X" and e.get("cat") in categories]
+
+
+def load(path: str) -> list[dict]:
+    return _complete_events(path, GPU_CATEGORIES)
 
 
 def load_python(path: str) -> list[dict]:
     """The Python function events of a trace recorded with stacks (SGLang's profiler records them)."""
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt") as f:
-        data = json.load(f)
-    events = data["traceEvents"] if isinstance(data, dict) else data
-    return [e for e in events if e.get("ph") == "X" and e.get("cat") == "python_function"]
+    return _complete_events(path, ("python_function",))
 
 
 _ADDRESS = re.compile(r" at 0x[0-9a-f]+")
