@@ -236,7 +236,7 @@ def prefill_servers(args, out: dict, model: str, tokens_per_rank: int):
         # --cuda-graph: SGLang's defaults, under which the plain server runs prefill passes up to
         # its chunk size in breakable CUDA graphs (non-MLA models), as a user's server would,
         # and the TBO server's split passes run eagerly. Without it both run eagerly.
-        base = [f for f in BASE_FLAGS if not (getattr(args, "cuda_graph", False) and f == "--disable-cuda-graph")]
+        base = [f for f in BASE_FLAGS if not (args.cuda_graph and f == "--disable-cuda-graph")]
         flags = server_flags(model, args.dp, tbo_comm, [*base, "--chunked-prefill-size", budget,
                                                         "--max-prefill-tokens", budget, *split_all])
         with serving(args, out, name, tbo_comm, flags) as (server, label):

@@ -320,7 +320,7 @@ def test_perf_records_passes_per_wave_and_the_aligned_speedup(tmp_path, monkeypa
     monkeypatch.setattr(tbo_serving, "model_config", lambda model: {})
     args = argparse.Namespace(out=str(tmp_path), models="models/qwen3-235b-width", dp=2, tokens="64",
                               prompts_per_rank=4, warmup=1, repeats=3, tbo_comm="nccl", skip_plain=False,
-                              start_timeout=10)
+                              start_timeout=10, cuda_graph=False)
     out = {}
     _FakeServer.started = []
     tbo_serving.perf(args, out)
@@ -368,7 +368,8 @@ def test_profile_summarizes_gpu_and_host_time_of_each_servers_trace(tmp_path, mo
     monkeypatch.setattr(tbo_serving, "Server", ProfilingServer)
     monkeypatch.setattr(tbo_serving, "wave", lambda url, prompts, max_new, logprobs: [])
     args = argparse.Namespace(out=str(tmp_path), models="models/qwen3-moe-tiny", dp=2, tokens="4096",
-                              warmup=1, tbo_comm="nccl", skip_plain=False, start_timeout=10)
+                              warmup=1, tbo_comm="nccl", skip_plain=False, start_timeout=10,
+                              cuda_graph=False)
     out = {}
     tbo_serving.profile(args, out)
     assert sorted(out["profiles"]) == ["qwen3-moe-tiny-plain", "qwen3-moe-tiny-tbo-nccl"]
