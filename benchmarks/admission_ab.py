@@ -7,8 +7,9 @@
 A named --scenario fills the matrix (SCENARIOS below); explicit flags override it. Configs:
 plain SGLang, SGLang's PrefillDelayer, `--backend atom` variants, and DeepEP EP mode with TBO.
 
-For each server config it starts the server, warms it up (excluded from results), runs every
-workload x concurrency x repeat with the same client and requests, scrapes sglang-atom's
+For each server config it starts the server, warms it up with one short wave per cell and then
+--warmup-repeats full repeats of every cell (both recorded as warm-up and left out of the
+results), runs every workload x concurrency x repeat with the same client and requests, scrapes sglang-atom's
 metrics around each run, and stops the server. `--calibrate` adds step-time probes (prefill
 TTFT by size, decode ITL by batch) on the first config, for the simulator's step-time model.
 Writes DIR/ab.json (command, machine, date, every run), one server log per config, and the
@@ -180,6 +181,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--workloads", default="short")
     ap.add_argument("--concurrency", default="64,128,256")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--warmup-repeats", type=int, default=1,
+                    help="full repeats of every cell run first on every server (rotated like the "
+                         "timed ones), recorded in ab.json as warm-up and left out of the results: "
+                         "on 2xH200 a fresh server's first minute of load ran up to 1.6x slower "
+                         "than later repeats, far beyond the short warm-up wave")
     ap.add_argument("--requests-per-client", type=int, default=4)
     ap.add_argument("--min-requests", type=int, default=256)
     ap.add_argument("--request-rate", type=float, default=None,
@@ -220,9 +226,9 @@ def rotation(items: list, k: int) -> list:
 
 
 def cells(args) -> list[tuple[str, int, int]]:
-    """(workload, concurrency, repeat) in the order they run."""
+    """(workload, concurrency, repeat) in the order they run; warm-up repeats are -1, -2, ..."""
     return [(w, int(c), rep) for w in args.workloads.split(",") for c in args.concurrency.split(",")
-            for rep in range(args.repeats)]
+            for rep in range(-args.warmup_repeats, args.repeats)]
 
 
 def start(args, name: str, label: str, base: list[str], stack: contextlib.ExitStack,
@@ -294,9 +300,11 @@ def run_cell(args, server: Server, name: str, label: str, startup: float, cell: 
            "decisions": counter_delta(before, after, "sglang:atom_admission_decisions_total")}
     if slot is not None:
         row["slot"] = slot  # its place in the cell's server order (interleaved A/B)
+    if rep < 0:
+        row["warmup"] = True  # kept to show drift; report.py leaves it out of the results
     result["runs"].append(row)
     record_json(os.path.join(args.out, "ab.json"), result)
-    print(f"   {label} {wname} c{conc} r{rep}: in {row['input_tok_s']:.0f} tok/s "
+    print(f"   {label} {wname} c{conc} {f'w{-rep}' if rep < 0 else f'r{rep}'}: in {row['input_tok_s']:.0f} tok/s "
           f"(steady {row['steady_input_tok_s']:.0f}), out {row['output_tok_s']:.0f} tok/s, "
           f"TTFT {row['mean_ttft_ms']:.0f} ms, pad rows {row['padding_row_share']}, {secs:.1f} s",
           flush=True)
@@ -320,7 +328,8 @@ def past_deadline(args, t0: float, result: dict, what: str) -> bool:
 
 
 def cell_name(label: str, cell: tuple[str, int, int]) -> str:
-    return f"{label}/{cell[0]}/c{cell[1]}/r{cell[2]}"
+    rep = cell[2]
+    return f"{label}/{cell[0]}/c{cell[1]}/{f'w{-rep}' if rep < 0 else f'r{rep}'}"
 
 
 def maybe_calibrate(args, server: Server, name: str, result: dict) -> None:

@@ -86,22 +86,44 @@ def paired_ratios(rows: list[dict], baseline: str) -> dict[tuple, list[float]]:
     return out
 
 
-def slot_effects(rows: list[dict]) -> dict[str, dict[int, float]]:
-    """For interleaved runs (rows with a 'slot'): config -> {place in its cell's server order
-    (0 = first): mean of input tok/s over that config's mean in the same cell}. Values away
-    from 1.0 mean the order still matters."""
-    slotted = [r for r in rows if r.get("slot") is not None and r.get("input_tok_s")]
+def timed(rows: list[dict]) -> list[dict]:
+    """The rows the results are made of: without admission_ab's warm-up repeats."""
+    return [r for r in rows if not r.get("warmup")]
 
+
+def relative_throughput(rows: list[dict], field: str) -> dict[str, dict[int, float]]:
+    """config -> {value of `field` ('slot', 'repeat'): mean over cells of input tok/s over that
+    config's mean of timed runs in the same cell}. Values away from 1.0 mean the run's place
+    (slot) or time (repeat; warm-up repeats are negative) moved the result."""
     def cell(r):
         return r["_source"], r["workload"], r["config"], r["concurrency"]
+    usable = [r for r in rows if r.get(field) is not None and r.get("input_tok_s")]
     cells: dict[tuple, list[float]] = {}
-    for r in slotted:
+    for r in timed(usable):
         cells.setdefault(cell(r), []).append(r["input_tok_s"])
     rel: dict[str, dict[int, list[float]]] = {}
-    for r in slotted:
-        rel.setdefault(r["config"], {}).setdefault(r["slot"], []).append(
-            r["input_tok_s"] / statistics.mean(cells[cell(r)]))
-    return {c: {slot: statistics.mean(v) for slot, v in sorted(by.items())} for c, by in rel.items()}
+    for r in usable:
+        if cell(r) in cells:
+            rel.setdefault(r["config"], {}).setdefault(r[field], []).append(
+                r["input_tok_s"] / statistics.mean(cells[cell(r)]))
+    return {c: {k: statistics.mean(v) for k, v in sorted(by.items())} for c, by in rel.items()}
+
+
+def slot_effects(rows: list[dict]) -> dict[str, dict[int, float]]:
+    """For interleaved runs (rows with a 'slot'): config -> {place in its cell's server order
+    (0 = first): relative input tok/s}."""
+    return relative_throughput(timed(rows), "slot")
+
+
+def repeat_drift(rows: list[dict]) -> dict[str, dict[int, float]]:
+    """config -> {repeat (warm-up repeats negative): relative input tok/s}. On 2xH200 the same
+    server ran 1.6x faster in its third repeat than in its first (2026-11-23), more than any
+    effect under test: this table shows whether a file has such drift."""
+    return relative_throughput(rows, "repeat")
+
+
+# Relative input tok/s spread between a config's timed repeats above which the report warns.
+DRIFT_WARNING = 0.10
 
 
 # ----------------------------------------------------------------------------- markdown
@@ -133,8 +155,17 @@ def _ratios(values: list[float] | None) -> str:
     return mean if f"{lo:.2f}" == f"{hi:.2f}" else f"{mean} [{lo:.2f}-{hi:.2f}]"
 
 
+def _relative_table(title: str, blurb: str, by_config: dict[str, dict[int, float]], column) -> list[str]:
+    keys = sorted({k for by in by_config.values() for k in by})
+    lines = ["", f"## {title}", "", blurb, "",
+             "| config | " + " | ".join(column(k) for k in keys) + " |", "|" + "---|" * (len(keys) + 1)]
+    for config, by in by_config.items():
+        lines.append(f"| {config} | " + " | ".join(f"{by[k]:.3f}" if k in by else "-" for k in keys) + " |")
+    return lines
+
+
 def markdown(aggregated: list[dict], metas: list[dict], baseline: str = "plain",
-             pairs: dict | None = None, slots: dict | None = None) -> str:
+             pairs: dict | None = None, slots: dict | None = None, drift: dict | None = None) -> str:
     lines = ["# Benchmark summary", "", "## Sources", ""]
     for m in metas:
         lines.append(f"- `{m['path']}`: {_machine(m['machine'])}, {m['date'] or '?'}")
@@ -174,16 +205,25 @@ def markdown(aggregated: list[dict], metas: list[dict], baseline: str = "plain",
                  f"paired repeats the mean [min-max] of each repeat's ratio to {baseline}'s same repeat "
                  "in the same result file.")
     if slots:
-        width = max(len(v) for v in slots.values())
-        lines += ["", "## Place in the rotation (interleaved runs)", "",
-                  "Input tok/s of a config's runs at each place in their cell's server order (0 = "
-                  "first), over that config's mean in the cell; 1.00 everywhere means order does not "
-                  "matter.", "",
-                  "| config | " + " | ".join(f"place {i}" for i in range(width)) + " |",
-                  "|" + "---|" * (width + 1)]
-        for config, by_slot in slots.items():
-            lines.append(f"| {config} | " + " | ".join(
-                f"{by_slot[i]:.3f}" if i in by_slot else "-" for i in range(width)) + " |")
+        lines += _relative_table(
+            "Place in the rotation (interleaved runs)",
+            "Input tok/s of a config's runs at each place in their cell's server order (0 = first), "
+            "over that config's mean in the cell; 1.00 everywhere means order does not matter.",
+            slots, lambda k: f"place {k}")
+    if drift:
+        lines += _relative_table(
+            "Repeats in the order they ran",
+            "Input tok/s of a config's runs in each repeat, over that config's mean of timed "
+            "repeats in the cell; w1, w2: warm-up repeats, run first and left out of the results "
+            "above. 1.00 everywhere means the servers did not drift over the run.",
+            drift, lambda k: f"w{-k}" if k < 0 else f"r{k}")
+        spread = {c: max(v for k, v in by.items() if k >= 0) - min(v for k, v in by.items() if k >= 0)
+                  for c, by in drift.items() if any(k >= 0 for k in by)}
+        drifting = sorted(c for c, s in spread.items() if s > DRIFT_WARNING)
+        if drifting:
+            lines += ["", f"**Drift:** the timed repeats of {', '.join(drifting)} differ by more than "
+                      f"{DRIFT_WARNING:.0%} of their mean; compare configs by their paired repeats, not "
+                      "by their means."]
     return "\n".join(lines) + "\n"
 
 
@@ -269,9 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     rows, metas = load_runs(args.results)
-    aggregated = aggregate(rows)
-    md = markdown(aggregated, metas, args.baseline, pairs=paired_ratios(rows, args.baseline),
-                  slots=slot_effects(rows))
+    aggregated = aggregate(timed(rows))
+    md = markdown(aggregated, metas, args.baseline, pairs=paired_ratios(timed(rows), args.baseline),
+                  slots=slot_effects(rows), drift=repeat_drift(rows))
     os.makedirs(args.out, exist_ok=True)
     pngs = plots(aggregated, args.out)
     # summary.md links the plots by relative path so the directory can be moved as a whole

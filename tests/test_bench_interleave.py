@@ -93,7 +93,8 @@ def fake_servers(monkeypatch):
 
 def test_interleaved_servers_run_side_by_side_and_take_turns(tmp_path, fake_servers):
     assert admission_ab.main(["--interleave", "--configs", "plain,atom,delayer", "--concurrency", "4",
-                              "--repeats", "3", "--min-requests", "4", "--out", str(tmp_path)]) == 0
+                              "--repeats", "3", "--warmup-repeats", "0", "--min-requests", "4",
+                              "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "ab.json").read_text())
     # all three up before any is stopped
     assert FakeServer.events[:3] == [("start", "plain"), ("start", "atom"), ("start", "delayer")]
@@ -112,8 +113,27 @@ def test_interleaved_servers_run_side_by_side_and_take_turns(tmp_path, fake_serv
                                           "http://127.0.0.1:30200"]
 
 
+def test_warmup_repeats_run_first_rotated_and_are_marked(tmp_path, fake_servers, capsys):
+    assert admission_ab.main(["--interleave", "--configs", "plain,atom", "--concurrency", "4",
+                              "--repeats", "2", "--min-requests", "4", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "ab.json").read_text())
+    # the default: one full warm-up repeat of the cell on every server, before the timed ones
+    assert [(r["config"], r["repeat"], r["slot"], r.get("warmup", False)) for r in result["runs"]] == [
+        ("plain", -1, 0, True), ("atom", -1, 1, True),
+        ("atom", 0, 0, False), ("plain", 0, 1, False),
+        ("plain", 1, 0, False), ("atom", 1, 1, False)]
+    out = capsys.readouterr().out
+    assert "plain short c4 w1:" in out and "atom short c4 r1:" in out
+    # the report's results hold the two timed repeats only; the warm-up shows in the drift table
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert [line.split("|")[3].strip() for line in summary.splitlines()
+            if line.startswith("| plain | 4 |")] == ["2"]
+    assert "| config | w1 | r0 | r1 |" in summary
+
+
 def test_a_server_that_fails_to_start_is_stopped_before_the_others_run(tmp_path, fake_servers):
     assert admission_ab.main(["--interleave", "--configs", "observe,plain", "--concurrency", "4",
+                              "--warmup-repeats", "0",
                               "--repeats", "1", "--min-requests", "4", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "ab.json").read_text())
     assert FakeServer.events == [("start", "atom"), ("stop", "atom"), ("start", "plain"), ("stop", "plain")]
@@ -165,6 +185,7 @@ def test_work_past_the_deadline_is_skipped_by_name(tmp_path, monkeypatch, mode):
     monkeypatch.setattr(admission_ab, "load", slow_load)
     monkeypatch.setattr(admission_ab, "time", SimpleNamespace(time=lambda: clock[0]))
     assert admission_ab.main([mode, "--configs", "plain,atom", "--concurrency", "4", "--repeats", "2",
+                              "--warmup-repeats", "0",
                               "--min-requests", "4", "--deadline-s", "25", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "ab.json").read_text())
     done = [(r["config"], r["repeat"]) for r in result["runs"]]
@@ -205,6 +226,7 @@ def test_request_rate_reaches_the_client_and_the_rows(tmp_path, monkeypatch):
     monkeypatch.setattr(admission_ab, "Server", FakeServer)
     monkeypatch.setattr(admission_ab, "load", fake_load)
     assert admission_ab.main(["--configs", "plain", "--concurrency", "4", "--repeats", "2", "--min-requests", "8",
+                              "--warmup-repeats", "0",
                               "--request-rate", "5", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "ab.json").read_text())["runs"]
     # warm-up stays a closed loop; the timed runs are open loops with a seed per repeat

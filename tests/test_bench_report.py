@@ -197,6 +197,7 @@ def test_a_server_dying_mid_matrix_is_recorded_and_the_matrix_goes_on(tmp_path, 
     monkeypatch.setattr(admission_ab, "Server", FakeServer)
     monkeypatch.setattr(admission_ab, "load", fake_load)
     assert admission_ab.main(["--configs", "plain,atom", "--concurrency", "4", "--repeats", "1",
+                              "--warmup-repeats", "0",
                               "--min-requests", "4", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "ab.json").read_text())
     assert list(result["failed_configs"]) == ["plain"]
@@ -272,3 +273,27 @@ def test_sources_say_how_requests_arrived(tmp_path):
     md = report.markdown(report.aggregate(rows), metas, "plain")
     assert "  - arrivals: closed loop" in md
     assert "  - arrivals: open loop, Poisson 12.5 requests/s, concurrency = the most in flight" in md
+
+
+def test_repeat_drift_includes_warmups_and_warns_past_ten_percent(tmp_path):
+    runs = [{**row("plain", 64, -1, 500, None), "warmup": True},
+            row("plain", 64, 0, 900, None), row("plain", 64, 1, 1100, None),
+            {**row("atom", 64, -1, 700, None), "warmup": True},
+            row("atom", 64, 0, 990, None), row("atom", 64, 1, 1010, None)]
+    path = tmp_path / "ab.json"
+    path.write_text(json.dumps({"runs": runs, "machine": "", "date": "", "command": ""}))
+    rows, metas = report.load_runs([str(path)])
+    drift = report.repeat_drift(rows)
+    # relative to the mean of the timed repeats only (1000 for both)
+    assert drift["plain"] == {-1: 0.5, 0: 0.9, 1: 1.1}
+    assert drift["atom"] == {-1: 0.7, 0: 0.99, 1: 1.01}
+    timed = report.timed(rows)
+    assert [r["repeat"] for r in timed] == [0, 1, 0, 1]
+    assert report.aggregate(timed)[0]["input_tok_s"] == 1000
+    md = report.markdown(report.aggregate(timed), metas, "plain", drift=drift)
+    assert "| plain | 0.500 | 0.900 | 1.100 |" in md
+    # plain's timed repeats spread 0.2 > 0.1: warned; atom's 0.02: not named
+    assert "**Drift:** the timed repeats of plain differ" in md
+    flat = report.markdown(report.aggregate(timed), metas, "plain",
+                           drift={"atom": drift["atom"]})
+    assert "**Drift:**" not in flat
