@@ -269,7 +269,7 @@ def plots(aggregated: list[dict], out_dir: str) -> list[str]:
         ax.legend(title="config")
         fig.tight_layout()
         paths.append(os.path.join(out_dir, f"{workload}_tput_vs_interactivity.png"))
-        fig.savefig(paths[-1], dpi=120)
+        fig.savefig(paths[-1], dpi=90)
         plt.close(fig)
 
         # (2) input and output throughput vs concurrency
@@ -295,7 +295,7 @@ def plots(aggregated: list[dict], out_dir: str) -> list[str]:
         fig.suptitle(f"{workload}: throughput vs concurrency{suffix}")
         fig.tight_layout()
         paths.append(os.path.join(out_dir, f"{workload}_tput_vs_concurrency.png"))
-        fig.savefig(paths[-1], dpi=120)
+        fig.savefig(paths[-1], dpi=90)
         plt.close(fig)
     return paths
 
