@@ -11,7 +11,10 @@ and its longest gaps with the name of the kernel that ended each: a stream waiti
 collective shows up there. `--timeline US` also prints every kernel or copy of at least US
 microseconds (and every NCCL kernel) in time order: start and length in ms, stream, name.
 `--python N` lists the Python functions with the most inclusive and self time (traces recorded
-with stacks), for passes where the GPU waits on the host.
+with stacks), for passes where the GPU waits on the host. `--passes` summarizes each forward
+pass on its own (SGLang traces recorded with stacks): the kernels launched while one
+`ModelRunner.forward` ran, its host time, and whether sglang-atom split it. A profiled wave
+whose prompts landed in different scheduler passes shows up there as several prefill passes.
 Used for the two-batch-overlap notes (benchmarks/results/NOTES-tbo.md).
 """
 
@@ -96,6 +99,40 @@ def python_summary(events: list[dict], top: int = 15) -> dict:
     return {"inclusive": ranked(inclusive), "self": ranked(own)}
 
 
+# The host-side frame of one forward pass (SGLang 0.5.17: model_executor/model_runner.py) and
+# the frame only a split (two-batch overlap) pass runs (sglang_atom/tbo/overlap.py).
+_FORWARD = re.compile(r"model_executor/model_runner\.py\(\d+\): forward$")
+_SPLIT = re.compile(r"sglang_atom/tbo/overlap\.py\(\d+\): run_interleaved$")
+_LAUNCH_CATEGORIES = ("cuda_runtime", "cuda_driver")
+
+
+def passes(path: str) -> list[dict]:
+    """One summary per forward pass: `summarize` of the GPU work it launched (matched to the
+    host's launch calls by correlation id), plus its host time and whether it was split."""
+    events = _complete_events(path, (*GPU_CATEGORIES, *_LAUNCH_CATEGORIES, "python_function"))
+    forwards = sorted((e for e in events if e["cat"] == "python_function" and _FORWARD.search(e["name"])),
+                      key=lambda e: e["ts"])
+    outermost, end = [], float("-inf")
+    for e in forwards:  # a forward called inside another (a graph runner's) belongs to it
+        if e["ts"] >= end:
+            outermost.append(e)
+            end = e["ts"] + e["dur"]
+    launches = sorted((e["ts"], e["args"].get("correlation")) for e in events
+                      if e["cat"] in _LAUNCH_CATEGORIES and "correlation" in e.get("args", {}))
+    gpu_by_corr: dict = defaultdict(list)
+    for e in events:
+        if e["cat"] in GPU_CATEGORIES and "correlation" in e.get("args", {}):
+            gpu_by_corr[e["args"]["correlation"]].append(e)
+    splits = [e["ts"] for e in events if e["cat"] == "python_function" and _SPLIT.search(e["name"])]
+    out = []
+    for f in outermost:
+        lo, hi = f["ts"], f["ts"] + f["dur"]
+        gpu = [g for ts, corr in launches if lo <= ts <= hi for g in gpu_by_corr.get(corr, [])]
+        out.append({"host_ms": round(f["dur"] / 1000, 3), "split": any(lo <= t <= hi for t in splits),
+                    "kernels": len(gpu), **summarize(gpu, top_gaps=3)})
+    return out
+
+
 def summarize(events: list[dict], top_gaps: int = 5, min_gap_us: float = 20.0) -> dict:
     """Times in ms from the GPU events of one device (dicts with ts, dur in µs, cat, name, args.stream)."""
     if not events:
@@ -130,6 +167,15 @@ def summarize(events: list[dict], top_gaps: int = 5, min_gap_us: float = 20.0) -
     }
 
 
+def pass_line(index: int, p: dict) -> str:
+    """One forward pass on one line: host and GPU time, compute-stream work by kind, idle."""
+    compute = p["streams"].get(p["compute_stream"], {})
+    kinds = ", ".join(f"{k} {v}" for k, v in compute.items() if k != "total")
+    return (f"  pass {index}{' (split)' if p['split'] else ''}: host {p['host_ms']} ms, GPU span "
+            f"{p['span_ms']} ms, {p['kernels']} kernels; compute stream {kinds}; idle "
+            f"{p.get('compute_idle_ms', 0)} ms")
+
+
 def timeline(events: list[dict], min_us: float) -> list[str]:
     """One line per kernel/copy of at least `min_us` µs, or any NCCL kernel, in time order."""
     events = sorted(events, key=lambda e: e["ts"])
@@ -145,6 +191,7 @@ def main() -> int:
     ap.add_argument("--timeline", type=float, default=0, help="also list kernels of at least this many µs")
     ap.add_argument("--python", type=int, default=0,
                     help="also list the N Python functions with the most inclusive and self time")
+    ap.add_argument("--passes", action="store_true", help="also summarize each forward pass")
     args = ap.parse_args()
     results = {}
     for path in args.traces:
@@ -155,6 +202,10 @@ def main() -> int:
             for kind in ("inclusive", "self"):
                 print(f"== {path}: Python functions by {kind} time (ms)")
                 print("\n".join(f"  {row['ms']:9.3f} {row['function']}" for row in s["python"][kind]))
+        if args.passes:
+            s["passes"] = passes(path)
+            print(f"== {path}: forward passes")
+            print("\n".join(pass_line(i, p) for i, p in enumerate(s["passes"])))
         if args.timeline:
             print(f"== {path}: kernels of at least {args.timeline:g} us (start ms, length ms, stream, name)")
             print("\n".join(timeline(events, args.timeline)))

@@ -358,9 +358,14 @@ def test_profile_summarizes_gpu_and_host_time_of_each_servers_trace(tmp_path, mo
             elif path == "/stop_profile":
                 os.makedirs(self.trace_dir, exist_ok=True)
                 events = [{"ph": "X", "cat": "kernel", "name": "fused_moe_kernel", "ts": 0, "dur": 500,
-                           "args": {"stream": 7}},
+                           "args": {"stream": 7, "correlation": 3}},
+                          {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": 100,
+                           "dur": 5, "args": {"correlation": 3}},
                           {"ph": "X", "cat": "python_function", "name": "tbo.py(5): prepare", "ts": 0,
-                           "dur": 2000, "args": {"Python id": 1, "Python parent id": None}}]
+                           "dur": 2000, "args": {"Python id": 1, "Python parent id": None}},
+                          {"ph": "X", "cat": "python_function", "ts": 50, "dur": 1000,
+                           "name": "sglang/srt/model_executor/model_runner.py(1382): forward",
+                           "args": {"Python id": 2, "Python parent id": 1}}]
                 with gzip.open(os.path.join(self.trace_dir, "1-TP-0-DP-0.trace.json.gz"), "wt") as f:
                     _json.dump({"traceEvents": events}, f)
             return {}
@@ -375,4 +380,5 @@ def test_profile_summarizes_gpu_and_host_time_of_each_servers_trace(tmp_path, mo
     assert sorted(out["profiles"]) == ["qwen3-moe-tiny-plain", "qwen3-moe-tiny-tbo-nccl"]
     for p in out["profiles"].values():
         assert p["summary"]["streams"]["7"]["moe"] == 0.5
-        assert p["python"]["inclusive"] == [{"function": "tbo.py(5): prepare", "ms": 2.0}]
+        assert p["python"]["inclusive"][0] == {"function": "tbo.py(5): prepare", "ms": 2.0}
+        assert [(x["kernels"], x["host_ms"], x["split"]) for x in p["passes"]] == [(1, 1.0, False)]

@@ -72,3 +72,44 @@ def test_python_summary_gives_inclusive_and_self_time_per_function(tmp_path):
     assert own == {"scheduler.py(10): run_batch": 0.1, "tbo.py(5): prepare": 0.05,
                    "<built-in method tolist of Tensor object>": 0.35, "overlap.py(9): step": 0.5}
     assert [r["function"] for r in s["self"]][0] == "overlap.py(9): step"
+
+
+def launch(ts, corr):
+    return {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": ts, "dur": 5,
+            "args": {"correlation": corr}}
+
+
+def launched(name, ts, dur, stream, corr):
+    return {**kernel(name, ts, dur, stream), "args": {"stream": stream, "correlation": corr}}
+
+
+FORWARD = "sglang/srt/model_executor/model_runner.py(1382): forward"
+
+
+def test_passes_group_kernels_by_the_forward_that_launched_them(tmp_path):
+    events = [
+        # pass 0: a split prefill; its kernels run after the host has moved on (queued)
+        py(FORWARD, 1, None, 0, 1000),
+        py("sglang_atom/tbo/overlap.py(188): run_interleaved", 2, 1, 100, 800),
+        launch(150, 11), launch(200, 12), launch(250, 13),
+        launched("_fwd_kernel", 300, 400, 7, 11),
+        launched("ncclDevKernel_AllGather_RING_LL", 400, 100, 9, 12),
+        launched("fused_moe_kernel", 900, 300, 7, 13),  # 200 us idle on stream 7 before it
+        # pass 1: a decode step, launched by a nested forward (a graph runner's) inside the outer one
+        py(FORWARD, 3, None, 2000, 500),
+        py(FORWARD, 4, 3, 2100, 300),
+        launch(2200, 21),
+        launched("ncclDevKernel_AllReduce_Sum", 2300, 600, 7, 21),
+        launch(5000, 31), launched("fused_moe_kernel", 5000, 10, 7, 31),  # outside any forward
+    ]
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"traceEvents": events}))
+    p = trace_summary.passes(str(path))
+    assert [(x["split"], x["kernels"], x["host_ms"]) for x in p] == [(True, 3, 1.0), (False, 1, 0.5)]
+    assert p[0]["span_ms"] == 0.9 and p[0]["compute_stream"] == "7"
+    assert p[0]["streams"]["7"] == {"attention": 0.4, "moe": 0.3, "total": 0.7}
+    assert p[0]["streams"]["9"] == {"nccl": 0.1, "total": 0.1}
+    assert p[0]["compute_idle_ms"] == 0.2
+    assert p[1]["streams"]["7"] == {"nccl": 0.6, "total": 0.6}
+    assert trace_summary.pass_line(0, p[0]).startswith(
+        "  pass 0 (split): host 1.0 ms, GPU span 0.9 ms, 3 kernels; compute stream attention 0.4, moe 0.3")
