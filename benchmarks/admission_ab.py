@@ -135,6 +135,10 @@ SCENARIOS = {
 }
 
 
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
 def histogram_mean(before: dict, after: dict, name: str, label: str = "") -> float | None:
     """Mean of a histogram's observations between two scrapes, over all its label sets or only
     those whose labels contain `label` (e.g. 'pass="decode"')."""
@@ -144,7 +148,19 @@ def histogram_mean(before: dict, after: dict, name: str, label: str = "") -> flo
     return round((total(after, "_sum") - total(before, "_sum")) / n, 6) if n > 0 else None
 
 
+def histogram_above(before: dict, after: dict, name: str, le: str) -> int | None:
+    """Observations of a histogram between two scrapes that were larger than its bucket `le`
+    (as Prometheus prints it, e.g. '0.1'); None when it has none (or no such histogram)."""
+    def delta(suffix, label=""):
+        return sum(v - before.get(k, 0.0) for k, v in after.items()
+                   if k.startswith(name + suffix) and label in k)
+    n = delta("_count")
+    return round(n - delta("_bucket", f'le="{le}"')) if n > 0 else None
+
+
 PADDING = "sglang:atom_gathered_rows_padding_ratio"
+PASS_INTERVAL = "sglang:atom_pass_interval_seconds"
+STALL_SECONDS = "0.1"  # a bucket bound of PASS_INTERVAL: a pass interval above it is a stall
 
 
 def counter_delta(before: dict, after: dict, name: str) -> dict:
@@ -297,7 +313,10 @@ def run_cell(args, server: Server, name: str, label: str, startup: float, cell: 
            "padding_row_share": padding_row_share(before, after),
            "padding_row_share_extend": padding_row_share(before, after, "extend"),
            "padding_row_share_decode": padding_row_share(before, after, "decode"),
-           "decisions": counter_delta(before, after, "sglang:atom_admission_decisions_total")}
+           "decisions": counter_delta(before, after, "sglang:atom_admission_decisions_total"),
+           # scheduler cadence (atom configs only): mean interval between passes, and stalls
+           "pass_interval_mean_ms": _ms(histogram_mean(before, after, PASS_INTERVAL)),
+           "stalled_passes": histogram_above(before, after, PASS_INTERVAL, STALL_SECONDS)}
     if slot is not None:
         row["slot"] = slot  # its place in the cell's server order (interleaved A/B)
     if rep < 0:
@@ -306,7 +325,8 @@ def run_cell(args, server: Server, name: str, label: str, startup: float, cell: 
     record_json(os.path.join(args.out, "ab.json"), result)
     print(f"   {label} {wname} c{conc} {f'w{-rep}' if rep < 0 else f'r{rep}'}: in {row['input_tok_s']:.0f} tok/s "
           f"(steady {row['steady_input_tok_s']:.0f}), out {row['output_tok_s']:.0f} tok/s, "
-          f"TTFT {row['mean_ttft_ms']:.0f} ms, pad rows {row['padding_row_share']}, {secs:.1f} s",
+          f"TTFT {row['mean_ttft_ms']:.0f} ms, pad rows {row['padding_row_share']}, "
+          f"passes > {STALL_SECONDS} s apart {row['stalled_passes']}, {secs:.1f} s",
           flush=True)
 
 

@@ -14,6 +14,7 @@ from .admission.policy import Decision, padding_ratio
 HELD_PASSES_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 HELD_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 RATIO_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+PASS_INTERVAL_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 @dataclass
@@ -24,6 +25,7 @@ class AtomMetrics:
     padding: object
     rows: object
     tbo_prefills: object
+    pass_intervals: object
 
     @classmethod
     def create(cls) -> "AtomMetrics":
@@ -68,6 +70,15 @@ class AtomMetrics:
                 "fewer than --atom-tbo-min-tokens on the largest rank).",
                 ["split"],
             ),
+            # A steady server starts a pass every few ms; an interval far above that is a stall
+            # (a first-time kernel compile, a host hiccup), which throughput alone cannot tell
+            # from uniformly slower passes.
+            pass_intervals=Histogram(
+                "sglang:atom_pass_interval_seconds",
+                "Seconds between the starts of consecutive scheduler passes that ran a batch; "
+                "a pass after an idle scheduler (no batch anywhere) starts a new count.",
+                buckets=PASS_INTERVAL_BUCKETS,
+            ),
         )
 
     def decision(self, decision: Decision) -> None:
@@ -87,3 +98,6 @@ class AtomMetrics:
 
     def tbo_prefill(self, split: bool) -> None:
         self.tbo_prefills.labels("yes" if split else "no").inc()
+
+    def pass_interval(self, seconds: float) -> None:
+        self.pass_intervals.observe(seconds)

@@ -41,8 +41,11 @@ def test_padding_is_recorded_by_pass_kind_and_tbo_splits_only_on_extend():
         def tbo_prefill(self, split):
             self.splits.append(split)
 
+        def pass_interval(self, seconds):
+            pass
+
     metrics = Recorder()
-    scheduler = SimpleNamespace(_atom_metrics=metrics,
+    scheduler = SimpleNamespace(_atom_metrics=metrics, _atom_last_pass_at=None,
                                 server_args=SimpleNamespace(enable_two_batch_overlap=True))
 
     def observe(**batch):
@@ -77,3 +80,20 @@ def test_late_arrivals_wait_only_after_a_fire_on_nothing_pending():
 
     assert run(FIRE_FILL) == (["late"], ["late"])  # SGLang saw it (and here left it queued)
     assert run(FIRE_NOTHING_PENDING) == ([], ["late"])  # held back, still queued
+
+
+def test_pass_intervals_run_between_busy_passes_and_restart_after_idle(monkeypatch):
+    clock = iter([10.0, 10.004, 10.010, 11.0, 12.0, 12.003])
+    monkeypatch.setattr(admission.time, "monotonic", lambda: next(clock))
+    seen = []
+    metrics = SimpleNamespace(pass_interval=seen.append, gathered_rows=lambda tokens, extend: None)
+    scheduler = SimpleNamespace(_atom_metrics=metrics, _atom_last_pass_at=None,
+                                server_args=SimpleNamespace(enable_two_batch_overlap=False))
+
+    def plan(busy):
+        batch = SimpleNamespace(is_extend_in_batch=False, global_num_tokens=[4, 4]) if busy else None
+        return SimpleNamespace(batch_to_run=batch)
+
+    for busy in (True, True, True, False, True, True):  # an idle scheduler between 10.010 and 12.0
+        admission.observe_gathered_rows(plan(busy), scheduler)
+    assert [round(x, 6) for x in seen] == [0.004, 0.006, 0.003]

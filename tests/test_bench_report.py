@@ -161,6 +161,22 @@ def test_padding_mean_overall_and_per_pass_kind():
     assert admission_ab.histogram_mean(after, after, name) is None  # no passes in between
 
 
+def test_stalled_passes_are_the_intervals_above_the_stall_bucket():
+    import admission_ab
+
+    name = admission_ab.PASS_INTERVAL
+    before = {f'{name}_bucket{{le="0.05"}}': 90.0, f'{name}_bucket{{le="0.1"}}': 95.0,
+              f'{name}_count': 100.0, f'{name}_sum': 1.0}
+    after = {f'{name}_bucket{{le="0.05"}}': 1080.0, f'{name}_bucket{{le="0.1"}}': 1090.0,
+             f'{name}_count': 1100.0, f'{name}_sum': 9.0}
+    # 1000 intervals in the run: 995 at most 0.1 s apart, 5 stalls
+    assert admission_ab.histogram_above(before, after, name, admission_ab.STALL_SECONDS) == 5
+    assert admission_ab.histogram_above(before, after, name, "0.05") == 10
+    assert admission_ab.histogram_above(after, after, name, "0.1") is None  # no passes
+    assert admission_ab.histogram_above({}, {}, name, "0.1") is None  # a server without the series
+    assert admission_ab._ms(admission_ab.histogram_mean(before, after, name)) == 8.0
+
+
 def test_a_server_dying_mid_matrix_is_recorded_and_the_matrix_goes_on(tmp_path, monkeypatch):
     import json
     import urllib.error

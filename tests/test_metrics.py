@@ -19,6 +19,8 @@ def exported():
     m.tbo_prefill(True)
     m.tbo_prefill(False)
     m.tbo_prefill(True)
+    m.pass_interval(0.004)
+    m.pass_interval(0.3)  # a stall
     return generate_latest().decode()
 
 
@@ -37,6 +39,9 @@ def exported():
     'sglang:atom_gathered_rows_total{pass="decode",rows="padding"} 4.0',
     'sglang:atom_tbo_prefill_passes_total{split="yes"} 2.0',
     'sglang:atom_tbo_prefill_passes_total{split="no"} 1.0',
+    'sglang:atom_pass_interval_seconds_bucket{le="0.005"} 1.0',
+    'sglang:atom_pass_interval_seconds_bucket{le="0.25"} 1.0',
+    'sglang:atom_pass_interval_seconds_bucket{le="0.5"} 2.0',
 ])
 def test_series_are_exported(exported, line):
     assert line in exported

@@ -156,12 +156,18 @@ def after_all_gather(result, info, *args, **kwargs):
 
 
 def observe_gathered_rows(plan, scheduler, *args, **kwargs):
-    """AFTER get_next_batch_to_run: the padding ratio of this pass's gathered MoE rows, and
-    whether a prefill pass ran as two micro-batches."""
+    """AFTER get_next_batch_to_run: the padding ratio of this pass's gathered MoE rows, whether a
+    prefill pass ran as two micro-batches, and the interval since the previous pass."""
     metrics = getattr(scheduler, "_atom_metrics", None)
     batch = plan.batch_to_run
-    if metrics is None or batch is None:
+    if metrics is None:
         return None
+    now, last = time.monotonic(), scheduler._atom_last_pass_at
+    scheduler._atom_last_pass_at = None if batch is None else now
+    if batch is None:
+        return None
+    if last is not None:
+        metrics.pass_interval(now - last)
     # is_extend_in_batch is the gathered "some rank prefills" bit, set on idle ranks too
     extend = bool(getattr(batch, "is_extend_in_batch", False))
     tokens = getattr(batch, "global_num_tokens", None)
@@ -182,6 +188,7 @@ def attach(scheduler, cfg: AtomConfig, admission_on: bool, tbo_on: bool, tbo_min
     record = scheduler.server_args.enable_metrics and scheduler.ps.tp_rank == 0
     metrics = AtomMetrics.create() if record else None
     scheduler._atom_metrics = metrics
+    scheduler._atom_last_pass_at = None  # monotonic start of the last pass that ran a batch
     _controller = (AdmissionController(scheduler, cfg, tbo_on, metrics, tbo_min_tokens)
                    if admission_on else None)
     scheduler._atom_admission = _controller
