@@ -29,7 +29,9 @@ perf: dummy weights; per repeat, --prompts-per-rank fresh prompts of T tokens on
     rank that skew costs at most one pass of K+1. Each wave's prefill passes are counted from
     sglang-atom's per-pass metric, and the median over waves of exactly K passes (no skew) is
     reported beside the median over all. Speedup = off / on.
-profile: as perf, for the first of --tokens, then one more wave under SGLang's profiler
+profile: as perf (--prompts-per-rank prompts on every rank per wave, so most of the profiled
+    wave's passes are two-rank passes), for the first of --tokens, then one more wave under
+    SGLang's profiler
     (`/start_profile`, CPU and GPU activity); writes each server's traces to DIR/trace_LABEL/ and
     the TP-0 trace's summary (benchmarks/trace_summary.py: GPU time per stream and kernel kind,
     the compute stream's idle gaps, host time per Python function, and the same per forward pass)
@@ -303,19 +305,19 @@ def perf(args, out: dict) -> None:
 
 
 def profile(args, out: dict) -> None:
-    dp, t = args.dp, int(args.tokens.split(",")[0])
+    dp, t, k = args.dp, int(args.tokens.split(",")[0]), args.prompts_per_rank
     for model in args.models.split(","):
         for _, _, server, label in prefill_servers(args, out, model, t):
             rng = random.Random(1)
             warmup_s = []
             for _ in range(args.warmup):
                 t0 = time.perf_counter()
-                wave(server.url, fresh_prompts(rng, dp, t), 1, False)
+                wave(server.url, fresh_prompts(rng, dp, t, k), 1, False)
                 warmup_s.append(round(time.perf_counter() - t0, 4))
             trace_dir = os.path.abspath(os.path.join(args.out, f"trace_{label}"))
             server.post("/start_profile", {"output_dir": trace_dir, "activities": ["CPU", "GPU"]})
             t0 = time.perf_counter()
-            wave(server.url, fresh_prompts(rng, dp, t), 1, False)
+            wave(server.url, fresh_prompts(rng, dp, t, k), 1, False)
             wave_s = time.perf_counter() - t0
             server.post("/stop_profile", {})
             deadline = time.time() + 120  # the ranks export their traces after stop
@@ -323,7 +325,8 @@ def profile(args, out: dict) -> None:
                 time.sleep(2)
             path = _tp0_trace(trace_dir)
             out.setdefault("profiles", {})[label] = {
-                "tokens_per_rank": t, "warmup_wave_s": warmup_s, "wave_s": round(wave_s, 4), "trace": path,
+                "tokens_per_rank": t, "prompts_per_rank": k, "warmup_wave_s": warmup_s,
+                "wave_s": round(wave_s, 4), "trace": path,
                 "summary": trace_summary.summarize(trace_summary.load(path)) if path else None,
                 # host time per Python function: a split pass of a small model waits on the host
                 "python": trace_summary.python_summary(trace_summary.load_python(path), 25) if path else None,
@@ -352,7 +355,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--prompts-per-rank", type=int, default=4,
-                    help="perf: prompts of --tokens on every rank per wave (see above)")
+                    help="perf/profile: prompts of --tokens on every rank per wave (see above)")
     ap.add_argument("--tbo-comm", default="nccl",
                     help="--atom-tbo-comm of the TBO servers; perf runs one TBO server per listed value, "
                          "check the first")

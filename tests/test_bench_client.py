@@ -371,13 +371,16 @@ def test_profile_summarizes_gpu_and_host_time_of_each_servers_trace(tmp_path, mo
             return {}
 
     monkeypatch.setattr(tbo_serving, "Server", ProfilingServer)
-    monkeypatch.setattr(tbo_serving, "wave", lambda url, prompts, max_new, logprobs: [])
+    waves = []
+    monkeypatch.setattr(tbo_serving, "wave",
+                        lambda url, prompts, max_new, logprobs: waves.append(len(prompts)) or [])
     args = argparse.Namespace(out=str(tmp_path), models="models/qwen3-moe-tiny", dp=2, tokens="4096",
                               warmup=1, tbo_comm="nccl", skip_plain=False, start_timeout=10,
-                              cuda_graph=False)
+                              cuda_graph=False, prompts_per_rank=3)
     out = {}
     tbo_serving.profile(args, out)
     assert sorted(out["profiles"]) == ["qwen3-moe-tiny-plain", "qwen3-moe-tiny-tbo-nccl"]
+    assert waves == [6] * 4  # 3 prompts on each of 2 ranks: 1 warm-up + 1 profiled wave per server
     for p in out["profiles"].values():
         assert p["summary"]["streams"]["7"]["moe"] == 0.5
         assert p["python"]["inclusive"][0] == {"function": "tbo.py(5): prepare", "ms": 2.0}
