@@ -31,9 +31,8 @@ perf: dummy weights; per repeat, --prompts-per-rank fresh prompts of T tokens on
     reported beside the median over all. Speedup = off / on.
 profile: as perf (--prompts-per-rank prompts on every rank per wave, so most of the profiled
     wave's passes are two-rank passes), for the first of --tokens, then one more wave under
-    SGLang's profiler
-    (`/start_profile`, CPU and GPU activity); writes each server's traces to DIR/trace_LABEL/ and
-    the TP-0 trace's summary (benchmarks/trace_summary.py: GPU time per stream and kernel kind,
+    SGLang's profiler (`/start_profile`, CPU and GPU activity); writes each server's traces to
+    DIR/trace_LABEL/ and the TP-0 trace's summary (benchmarks/trace_summary.py: GPU time per stream and kernel kind,
     the compute stream's idle gaps, host time per Python function, and the same per forward pass)
     into DIR/tbo_profile.json.
 
