@@ -53,7 +53,7 @@ out["auto_split_kept"] = {}
 for model in ("qwen3-moe-tiny", "qwen3-235b-width", "deepseek-v3-width"):
     auto = tbo.make_agreement(min_tokens=0)  # one per scheduler process, and so per model
     config = ModelConfig(f"models/{model}")
-    out.setdefault("auto_min_tokens", {})[model] = tbo.split_min_tokens(0, config.hf_text_config)
+    out.setdefault("auto_min_tokens", {})[model] = tbo.split_min_tokens(config.hf_text_config)
     for tokens in (4096, 8192):
         b = batch(ForwardMode.EXTEND, [tokens, tokens])
         b.model_config = config

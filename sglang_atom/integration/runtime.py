@@ -76,7 +76,7 @@ def _after_init_schedule_policy(result, scheduler, *args, **kwargs):
     min_tokens = cfg.tbo_min_tokens
     if tbo_on and not min_tokens:  # 0: derived from the model
         try:
-            min_tokens = tbo.split_min_tokens(0, scheduler.model_config.hf_text_config)
+            min_tokens = tbo.split_min_tokens(scheduler.model_config.hf_text_config)
         except RuntimeError as exc:
             raise AtomStartupError(str(exc)) from exc
     admission.attach(scheduler, cfg, admission_active(cfg, setup), tbo_on, min_tokens)

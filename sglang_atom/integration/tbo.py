@@ -56,12 +56,10 @@ def is_two_chunk_split_enabled(extend_lens) -> bool:
     return extend_lens is not None and seq_cut(extend_lens)[1]
 
 
-def split_min_tokens(configured: int, hf_text_config) -> int:
-    """--atom-tbo-min-tokens for this model: the value given, or for 0 the one derived from its
-    expert widths (`tbo.split.auto_min_tokens`). Every rank serves the same config, so every
-    rank gets the same number."""
-    if configured:
-        return configured
+def split_min_tokens(hf_text_config) -> int:
+    """--atom-tbo-min-tokens 0 for this model: the size derived from its expert widths
+    (`tbo.split.auto_min_tokens`). Every rank serves the same config, so every rank gets the
+    same number."""
     c = hf_text_config
     try:
         experts = c.num_experts_per_tok + (getattr(c, "n_shared_experts", None) or 0)
@@ -94,7 +92,7 @@ def make_agreement(min_tokens: int):
             return None
         tokens = list(batch.global_num_tokens)
         if not threshold:  # one model per scheduler process: derive once
-            threshold = split_min_tokens(0, batch.model_config.hf_text_config)
+            threshold = split_min_tokens(batch.model_config.hf_text_config)
         if not (batch.global_forward_mode == ForwardMode.EXTEND
                 and agree_split(tokens, [True] * len(tokens), threshold)):
             batch.tbo_split_seq_index = None
