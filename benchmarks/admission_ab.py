@@ -8,10 +8,11 @@ A named --scenario fills the matrix (SCENARIOS below); explicit flags override i
 plain SGLang, SGLang's PrefillDelayer, `--backend atom` variants, and DeepEP EP mode with TBO.
 
 For each server config it starts the server, warms it up with one short wave per cell and then
---warmup-repeats full repeats of every cell (both recorded as warm-up and left out of the
-results), runs every workload x concurrency x repeat with the same client and requests, scrapes sglang-atom's
-metrics around each run, and stops the server. `--calibrate` adds step-time probes (prefill
-TTFT by size, decode ITL by batch) on the first config, for the simulator's step-time model.
+--warmup-repeats full repeats of every cell (left out of the results; the repeats are kept in
+ab.json as warm-up), runs every workload x concurrency x repeat with the same client and
+requests, scrapes sglang-atom's metrics around each run, and stops the server. `--calibrate`
+adds step-time probes (prefill TTFT by size, decode ITL by batch) on the first config, for the
+simulator's step-time model.
 Writes DIR/ab.json (command, machine, date, every run), one server log per config, and the
 report (DIR/report/summary.md and plots). A config whose server does not start or dies during
 its runs is recorded with the end of its log (its finished rows kept) and the matrix goes on.
@@ -139,23 +140,26 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
 
+def series_delta(before: dict, after: dict, prefix: str, label: str = "") -> float:
+    """How much the series whose names start with `prefix` and whose labels contain `label`
+    grew, summed, between two scrapes."""
+    def total(d):
+        return sum(v for k, v in d.items() if k.startswith(prefix) and label in k)
+    return total(after) - total(before)
+
+
 def histogram_mean(before: dict, after: dict, name: str, label: str = "") -> float | None:
     """Mean of a histogram's observations between two scrapes, over all its label sets or only
     those whose labels contain `label` (e.g. 'pass="decode"')."""
-    def total(d, suffix):
-        return sum(v for k, v in d.items() if k.startswith(name + suffix) and label in k)
-    n = total(after, "_count") - total(before, "_count")
-    return round((total(after, "_sum") - total(before, "_sum")) / n, 6) if n > 0 else None
+    n = series_delta(before, after, name + "_count", label)
+    return round(series_delta(before, after, name + "_sum", label) / n, 6) if n > 0 else None
 
 
 def histogram_above(before: dict, after: dict, name: str, le: str) -> int | None:
     """Observations of a histogram between two scrapes that were larger than its bucket `le`
     (as Prometheus prints it, e.g. '0.1'); None when it has none (or no such histogram)."""
-    def delta(suffix, label=""):
-        return sum(v - before.get(k, 0.0) for k, v in after.items()
-                   if k.startswith(name + suffix) and label in k)
-    n = delta("_count")
-    return round(n - delta("_bucket", f'le="{le}"')) if n > 0 else None
+    n = series_delta(before, after, name + "_count")
+    return round(n - series_delta(before, after, name + "_bucket", f'le="{le}"')) if n > 0 else None
 
 
 PADDING = "sglang:atom_gathered_rows_padding_ratio"
@@ -323,7 +327,7 @@ def run_cell(args, server: Server, name: str, label: str, startup: float, cell: 
         row["warmup"] = True  # kept to show drift; report.py leaves it out of the results
     result["runs"].append(row)
     record_json(os.path.join(args.out, "ab.json"), result)
-    print(f"   {label} {wname} c{conc} {f'w{-rep}' if rep < 0 else f'r{rep}'}: in {row['input_tok_s']:.0f} tok/s "
+    print(f"   {label} {wname} c{conc} {repeat_label(rep)}: in {row['input_tok_s']:.0f} tok/s "
           f"(steady {row['steady_input_tok_s']:.0f}), out {row['output_tok_s']:.0f} tok/s, "
           f"TTFT {row['mean_ttft_ms']:.0f} ms, pad rows {row['padding_row_share']}, "
           f"passes > {STALL_SECONDS} s apart {row['stalled_passes']}, {secs:.1f} s",
@@ -347,9 +351,13 @@ def past_deadline(args, t0: float, result: dict, what: str) -> bool:
     return True
 
 
+def repeat_label(rep: int) -> str:
+    """r0, r1, ... for timed repeats; w1, w2, ... for warm-up repeats (-1, -2, ...)."""
+    return f"w{-rep}" if rep < 0 else f"r{rep}"
+
+
 def cell_name(label: str, cell: tuple[str, int, int]) -> str:
-    rep = cell[2]
-    return f"{label}/{cell[0]}/c{cell[1]}/{f'w{-rep}' if rep < 0 else f'r{rep}'}"
+    return f"{label}/{cell[0]}/c{cell[1]}/{repeat_label(cell[2])}"
 
 
 def maybe_calibrate(args, server: Server, name: str, result: dict) -> None:
