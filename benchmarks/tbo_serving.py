@@ -32,9 +32,9 @@ perf: dummy weights; per repeat, --prompts-per-rank fresh prompts of T tokens on
 profile: as perf (--prompts-per-rank prompts on every rank per wave, so most of the profiled
     wave's passes are two-rank passes), for the first of --tokens, then one more wave under
     SGLang's profiler (`/start_profile`, CPU and GPU activity); writes each server's traces to
-    DIR/trace_LABEL/ and the TP-0 trace's summary (benchmarks/trace_summary.py: GPU time per stream and kernel kind,
-    the compute stream's idle gaps, host time per Python function, and the same per forward pass)
-    into DIR/tbo_profile.json.
+    DIR/trace_LABEL/ and the TP-0 trace's summary (benchmarks/trace_summary.py: GPU time per
+    stream and kernel kind, the compute stream's idle gaps, host time per Python function, and
+    the same per forward pass) into DIR/tbo_profile.json.
 
 Writes DIR/tbo_{check,perf,profile}.json (command, machine, date, numbers) and logs.
 """
@@ -323,14 +323,15 @@ def profile(args, out: dict) -> None:
             while time.time() < deadline and not _tp0_trace(trace_dir):
                 time.sleep(2)
             path = _tp0_trace(trace_dir)
+            events = trace_summary.read(path) if path else None
             out.setdefault("profiles", {})[label] = {
                 "tokens_per_rank": t, "prompts_per_rank": k, "warmup_wave_s": warmup_s,
                 "wave_s": round(wave_s, 4), "trace": path,
-                "summary": trace_summary.summarize(trace_summary.load(path)) if path else None,
+                "summary": trace_summary.summarize(trace_summary.gpu_events(events)) if path else None,
                 # host time per Python function: a split pass of a small model waits on the host
-                "python": trace_summary.python_summary(trace_summary.load_python(path), 25) if path else None,
-                # one prompt per rank can land in two scheduler passes; each pass on its own says so
-                "passes": trace_summary.passes(path) if path else None}
+                "python": trace_summary.python_summary(events, 25) if path else None,
+                # a wave's prompts can land in different scheduler passes; each pass on its own says so
+                "passes": trace_summary.passes(events) if path else None}
             print(f"   {label}: profiled wave {wave_s * 1000:.1f} ms, trace {path}", flush=True)
             for i, p in enumerate(out["profiles"][label]["passes"] or []):
                 print(f"   {trace_summary.pass_line(i, p)}", flush=True)

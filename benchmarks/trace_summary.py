@@ -48,29 +48,27 @@ def kind_of(event: dict) -> str:
     return "other"
 
 
-def _complete_events(path: str, categories) -> list[dict]:
+def read(path: str) -> list[dict]:
+    """Every complete event of a trace (GPU work, host launch calls, Python functions, ...): one
+    parse of a file that can run to megabytes, for every summary below."""
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rt") as f:
         data = json.load(f)
     events = data["traceEvents"] if isinstance(data, dict) else data
-    return [e for e in events if e.get("ph") == "X" and e.get("cat") in categories]
+    return [e for e in events if e.get("ph") == "X"]
 
 
-def load(path: str) -> list[dict]:
-    return _complete_events(path, GPU_CATEGORIES)
-
-
-def load_python(path: str) -> list[dict]:
-    """The Python function events of a trace recorded with stacks (SGLang's profiler records them)."""
-    return _complete_events(path, ("python_function",))
+def gpu_events(events: list[dict]) -> list[dict]:
+    return [e for e in events if e.get("cat") in GPU_CATEGORIES]
 
 
 _ADDRESS = re.compile(r" at 0x[0-9a-f]+")
 
 
 def python_summary(events: list[dict], top: int = 15) -> dict:
-    """Where the host's time goes: per Python function, inclusive time (a recursive call counted
-    once, at its outermost frame) and self time (minus its callees), in ms, top `top` of each.
+    """Where the host's time goes: per Python function (the events with a Python id, which
+    SGLang's profiler records with stacks), inclusive time (a recursive call counted once, at its
+    outermost frame) and self time (minus its callees), in ms, top `top` of each.
 
     A split prefill pass that is host-bound shows here as the functions the GPU waited for.
     """
@@ -106,10 +104,9 @@ _SPLIT = re.compile(r"sglang_atom/tbo/overlap\.py\(\d+\): run_interleaved$")
 _LAUNCH_CATEGORIES = ("cuda_runtime", "cuda_driver")
 
 
-def passes(path: str) -> list[dict]:
+def passes(events: list[dict]) -> list[dict]:
     """One summary per forward pass: `summarize` of the GPU work it launched (matched to the
     host's launch calls by correlation id), plus its host time and whether it was split."""
-    events = _complete_events(path, (*GPU_CATEGORIES, *_LAUNCH_CATEGORIES, "python_function"))
     forwards = sorted((e for e in events if e["cat"] == "python_function" and _FORWARD.search(e["name"])),
                       key=lambda e: e["ts"])
     outermost, end = [], float("-inf")
@@ -195,15 +192,16 @@ def main() -> int:
     args = ap.parse_args()
     results = {}
     for path in args.traces:
-        events = load(path)
+        everything = read(path)
+        events = gpu_events(everything)
         s = results[path] = summarize(events)
         if args.python:
-            s["python"] = python_summary(load_python(path), args.python)
+            s["python"] = python_summary(everything, args.python)
             for kind in ("inclusive", "self"):
                 print(f"== {path}: Python functions by {kind} time (ms)")
                 print("\n".join(f"  {row['ms']:9.3f} {row['function']}" for row in s["python"][kind]))
         if args.passes:
-            s["passes"] = passes(path)
+            s["passes"] = passes(everything)
             print(f"== {path}: forward passes")
             print("\n".join(pass_line(i, p) for i, p in enumerate(s["passes"])))
         if args.timeline:

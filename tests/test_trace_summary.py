@@ -31,7 +31,7 @@ def test_summary_splits_streams_and_kinds_and_finds_the_gap(tmp_path):
     path = tmp_path / "t.json.gz"
     with gzip.open(path, "wt") as f:
         json.dump({"traceEvents": EVENTS}, f)
-    s = trace_summary.summarize(trace_summary.load(str(path)))
+    s = trace_summary.summarize(trace_summary.gpu_events(trace_summary.read(str(path))))
     assert s["span_ms"] == 1.55
     assert s["compute_stream"] == "7"
     assert s["streams"]["7"] == {"attention": 0.2, "elementwise": 0.03, "gemm": 0.4, "moe": 0.5, "total": 1.13}
@@ -62,7 +62,7 @@ def test_python_summary_gives_inclusive_and_self_time_per_function(tmp_path):
     ]
     path = tmp_path / "t.json"
     path.write_text(json.dumps({"traceEvents": events}))
-    s = trace_summary.python_summary(trace_summary.load_python(str(path)))
+    s = trace_summary.python_summary(trace_summary.read(str(path)))
     inclusive = {r["function"]: r["ms"] for r in s["inclusive"]}
     own = {r["function"]: r["ms"] for r in s["self"]}
     assert inclusive["scheduler.py(10): run_batch"] == 1.0
@@ -104,7 +104,7 @@ def test_passes_group_kernels_by_the_forward_that_launched_them(tmp_path):
     ]
     path = tmp_path / "t.json"
     path.write_text(json.dumps({"traceEvents": events}))
-    p = trace_summary.passes(str(path))
+    p = trace_summary.passes(trace_summary.read(str(path)))
     assert [(x["split"], x["kernels"], x["host_ms"]) for x in p] == [(True, 3, 1.0), (False, 1, 0.5)]
     assert p[0]["span_ms"] == 0.9 and p[0]["compute_stream"] == "7"
     assert p[0]["streams"]["7"] == {"attention": 0.4, "moe": 0.3, "total": 0.7}
