@@ -327,7 +327,7 @@ def run_cell(args, server: Server, name: str, label: str, startup: float, cell: 
         row["warmup"] = True  # kept to show drift; report.py leaves it out of the results
     result["runs"].append(row)
     record_json(os.path.join(args.out, "ab.json"), result)
-    print(f"   {label} {wname} c{conc} {repeat_label(rep)}: in {row['input_tok_s']:.0f} tok/s "
+    print(f"   {label} {wname} c{conc} {report.repeat_label(rep)}: in {row['input_tok_s']:.0f} tok/s "
           f"(steady {row['steady_input_tok_s']:.0f}), out {row['output_tok_s']:.0f} tok/s, "
           f"TTFT {row['mean_ttft_ms']:.0f} ms, pad rows {row['padding_row_share']}, "
           f"passes > {STALL_SECONDS} s apart {row['stalled_passes']}, {secs:.1f} s",
@@ -351,13 +351,8 @@ def past_deadline(args, t0: float, result: dict, what: str) -> bool:
     return True
 
 
-def repeat_label(rep: int) -> str:
-    """r0, r1, ... for timed repeats; w1, w2, ... for warm-up repeats (-1, -2, ...)."""
-    return f"w{-rep}" if rep < 0 else f"r{rep}"
-
-
 def cell_name(label: str, cell: tuple[str, int, int]) -> str:
-    return f"{label}/{cell[0]}/c{cell[1]}/{repeat_label(cell[2])}"
+    return f"{label}/{cell[0]}/c{cell[1]}/{report.repeat_label(cell[2])}"
 
 
 def maybe_calibrate(args, server: Server, name: str, result: dict) -> None:

@@ -122,6 +122,11 @@ def repeat_drift(rows: list[dict]) -> dict[str, dict[int, float]]:
     return relative_throughput(rows, "repeat")
 
 
+def repeat_label(rep: int) -> str:
+    """r0, r1, ... for timed repeats; w1, w2, ... for admission_ab's warm-up repeats (-1, -2, ...)."""
+    return f"w{-rep}" if rep < 0 else f"r{rep}"
+
+
 # Relative input tok/s spread between a config's timed repeats above which the report warns.
 DRIFT_WARNING = 0.10
 
@@ -216,7 +221,7 @@ def markdown(aggregated: list[dict], metas: list[dict], baseline: str = "plain",
             "Input tok/s of a config's runs in each repeat, over that config's mean of timed "
             "repeats in the cell; w1, w2: warm-up repeats, run first and left out of the results "
             "above. 1.00 everywhere means the servers did not drift over the run.",
-            drift, lambda k: f"w{-k}" if k < 0 else f"r{k}")
+            drift, repeat_label)
         spread = {c: max(v for k, v in by.items() if k >= 0) - min(v for k, v in by.items() if k >= 0)
                   for c, by in drift.items() if any(k >= 0 for k in by)}
         drifting = sorted(c for c, s in spread.items() if s > DRIFT_WARNING)
