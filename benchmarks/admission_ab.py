@@ -47,6 +47,7 @@ CONFIGS = {
     # separates what a larger budget gives any config from what admission gives
     "plain_chunk16k": ["--chunked-prefill-size", "16384"],
     "atom": ["--backend", "atom"],
+    "atom_chunk16k": ["--backend", "atom", "--chunked-prefill-size", "16384"],
     "atom_fill02": ["--backend", "atom", "--atom-admission-target-fill", "0.2"],
     # the chunked-hold limit spelled out: 2 is the default since 2026-11-22's 4xH200 run, 0 the
     # default before it (a chunk in progress fires prefill on every rank)
