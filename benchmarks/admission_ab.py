@@ -48,9 +48,10 @@ CONFIGS = {
     "plain_chunk16k": ["--chunked-prefill-size", "16384"],
     "atom": ["--backend", "atom"],
     "atom_chunk16k": ["--backend", "atom", "--chunked-prefill-size", "16384"],
-    # alignment holds only: fire as soon as every rank that can prefill has pending tokens
-    "atom_chunk16k_fill0": ["--backend", "atom", "--chunked-prefill-size", "16384",
-                            "--atom-admission-target-fill", "0"],
+    # alignment holds only, in effect (the fill target must be > 0): fire as soon as every rank
+    # that can prefill has pending tokens
+    "atom_chunk16k_fill001": ["--backend", "atom", "--chunked-prefill-size", "16384",
+                              "--atom-admission-target-fill", "0.01"],
     "atom_fill02": ["--backend", "atom", "--atom-admission-target-fill", "0.2"],
     # the chunked-hold limit spelled out: 2 is the default since 2026-11-22's 4xH200 run, 0 the
     # default before it (a chunk in progress fires prefill on every rank)
