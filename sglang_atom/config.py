@@ -42,6 +42,16 @@ def _flag(default, help, *, choices=None, low=None, high=None, low_open=False):
 class AtomConfig:
     backend: str = _flag("sglang", "Serving backend: 'atom' turns on sglang-atom.", choices=BACKENDS)
 
+    # Prefill budget per DP rank (integration/cli.py, around_data_parallelism).
+    prefill_tokens_per_rank: int = _flag(
+        0,
+        "With DP attention, the tokens each rank may prefill in one pass. 0: SGLang's "
+        "--chunked-prefill-size itself, per rank, as ATOM does; SGLang alone divides it by --dp "
+        "(8192 becomes 2048 per rank at DP4), which leaves each pass's fixed cost on a quarter "
+        "of the tokens. Pass the divided value to get SGLang's budget back.",
+        low=0,
+    )
+
     # Coordinated DP prefill admission (sglang_atom.admission.policy).
     admission: str = _flag(
         "coalesce",
@@ -50,9 +60,10 @@ class AtomConfig:
     )
     admission_target_fill: float = _flag(
         _POLICY.target_fill,
-        "Fire prefill once the pending prefill tokens of all ranks reach this fraction of their "
-        "combined prefill budget (--chunked-prefill-size per rank).",
-        low=0.0, high=1.0, low_open=True,
+        "Hold prefill until the pending prefill tokens of all ranks reach this fraction of their "
+        "combined prefill budget (--atom-prefill-tokens-per-rank each); 0: fire as soon as the "
+        "ranks are aligned.",
+        low=0.0, high=1.0,
     )
     admission_align: bool = _flag(
         _POLICY.align, "Hold prefill while some ranks have nothing to prefill and others do (1 or 0)."

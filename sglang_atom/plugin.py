@@ -18,6 +18,7 @@ def register() -> None:
         (symbols.CLI_TARGETS[2], cli.before_post_init, HookType.BEFORE),
         (symbols.CLI_TARGETS[2], cli.after_post_init, HookType.AFTER),
         (symbols.CLI_TARGETS[3], cli.around_breakable_graph_rules, HookType.AROUND),
+        (symbols.CLI_TARGETS[4], cli.around_data_parallelism, HookType.AROUND),
     ):
         HookRegistry.register(target, hook, kind)
     if backend_requested():

@@ -35,6 +35,7 @@ class ServingSetup:
     nnodes: int = 1
     dp_sync_skipped: bool = False  # SGLANG_SCHEDULER_SKIP_ALL_GATHER=1
     prefill_attention_backend: str | None = None  # as SGLang resolved it (None: not known)
+    prefill_tokens_per_rank: int | None = None  # the chunked prefill size as resolved (None: off)
 
 
 def check(cfg: AtomConfig, setup: ServingSetup, platform: str = "cuda") -> None:
@@ -58,6 +59,10 @@ def check(cfg: AtomConfig, setup: ServingSetup, platform: str = "cuda") -> None:
         raise AtomConfigError(
             "SGLANG_SCHEDULER_SKIP_ALL_GATHER=1 turns off the per-pass DP sync that sglang-atom's "
             "admission rides on; unset it or pass --atom-admission off.")
+    if cfg.prefill_tokens_per_rank and not setup.dp_attention:
+        raise AtomConfigError(
+            "--atom-prefill-tokens-per-rank sets the budget of each DP-attention rank; without "
+            "--enable-dp-attention use --chunked-prefill-size instead.")
     if setup.two_batch_overlap and not setup.dp_attention:
         raise AtomConfigError(
             "--enable-two-batch-overlap with --backend atom overlaps the DP all_gather/reduce_scatter "
@@ -165,5 +170,7 @@ def summary(cfg: AtomConfig, setup: ServingSetup, plan: PlatformPlan, tbo_min_to
         tbo = "tbo=off (--enable-two-batch-overlap not given)"
     else:
         tbo = "tbo=off (needs --enable-dp-attention with --dp > 1)"
+    if setup.dp_attention and setup.prefill_tokens_per_rank:
+        admission += f" | prefill budget={setup.prefill_tokens_per_rank} tokens per rank"
     return (f"sglang-atom active: {admission} | {tbo} | moe_kernel={plan.moe_kernel} ({plan.platform}) | "
             f"collectives={plan.collective_backend} all_gather/reduce_scatter")

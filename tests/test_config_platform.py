@@ -29,7 +29,8 @@ def test_flags_parse():
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--atom-admission-target-fill", "0"], "--atom-admission-target-fill must be > 0.0"),
+    (["--atom-admission-target-fill", "-0.1"], "--atom-admission-target-fill must be >= 0.0"),
+    (["--atom-prefill-tokens-per-rank", "-1"], "--atom-prefill-tokens-per-rank must be >= 0"),
     (["--atom-admission-target-fill", "1.5"], "--atom-admission-target-fill must be <= 1.0"),
     (["--atom-admission-max-hold-passes", "-1"], "--atom-admission-max-hold-passes must be >= 0"),
     (["--atom-admission-stall-passes", "0"], "--atom-admission-stall-passes must be >= 1"),
@@ -219,3 +220,23 @@ def test_nccl_options_carry_the_cta_limit():
     assert opts.config.max_ctas == 8 and opts.is_high_priority_stream
     assert not nccl_options(2).is_high_priority_stream
     assert nccl_options().config.max_ctas < 0  # 0 asks for nothing: NCCL's unset sentinel stays
+
+
+def test_prefill_budget_per_rank_needs_dp_attention_and_is_in_the_startup_line():
+    from dataclasses import replace
+
+    from sglang_atom.validation import ServingSetup, check, summary
+
+    dp = ServingSetup("Qwen3MoeForCausalLM", dp_attention=True, dp_size=4, tp_size=4,
+                      moe_a2a_backend="none", prefill_delayer=False, two_batch_overlap=False,
+                      disaggregation_mode="null", prefill_tokens_per_rank=8192)
+    given = AtomConfig(backend="atom", prefill_tokens_per_rank=4096)
+    check(given, dp)
+    with pytest.raises(AtomConfigError, match=re.escape(
+            "--atom-prefill-tokens-per-rank sets the budget of each DP-attention rank; without "
+            "--enable-dp-attention use --chunked-prefill-size instead.")):
+        check(given, replace(dp, dp_attention=False, dp_size=1))
+    check(AtomConfig(backend="atom"), replace(dp, dp_attention=False, dp_size=1))  # the default is 0
+    assert "| prefill budget=8192 tokens per rank |" in summary(AtomConfig(backend="atom"), dp, plan("cuda"))
+    assert "prefill budget" not in summary(AtomConfig(backend="atom"), replace(dp, prefill_tokens_per_rank=None),
+                                           plan("cuda"))

@@ -274,6 +274,27 @@ def test_cuda_platform_defaults_are_applied_before_resolution():
     assert last_json(proc) == {"moe_runner_backend": "triton"}, proc.stderr[-3000:]
 
 
+BUDGET_SCRIPT = r"""
+import json
+from sglang.srt.plugins import load_plugins
+load_plugins()
+from sglang.srt.server_args import prepare_server_args
+print(json.dumps({"per_rank": prepare_server_args(ARGV).chunked_prefill_size}))
+"""
+
+
+@pytest.mark.parametrize("extra, per_rank", [
+    ([], 1024),  # SGLang alone: its CPU default of 2048 divided by --dp 2
+    (["--backend", "atom"], 2048),  # the undivided value, per rank
+    (["--backend", "atom", "--chunked-prefill-size", "8192"], 8192),
+    (["--backend", "atom", "--atom-prefill-tokens-per-rank", "3000"], 3000),
+])
+def test_each_dp_rank_gets_the_whole_prefill_budget_under_atom(extra, per_rank):
+    argv = ["--model-path", QWEN, *CPU_ARGS, "--tp", "2", "--dp", "2", "--enable-dp-attention", *extra]
+    proc = run_python(BUDGET_SCRIPT.replace("ARGV", repr(argv)))
+    assert last_json(proc) == {"per_rank": per_rank}, proc.stderr[-3000:]
+
+
 def test_dp_controller_process_loads_and_verifies_the_hooks():
     """SGLang 0.5.17's DP controller does not load plugins; sglang-atom's process target does."""
     proc = subprocess.run([sys.executable, str(ROOT / "tests/drivers/dp_controller_child.py"), QWEN],

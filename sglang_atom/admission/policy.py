@@ -7,8 +7,8 @@ after one all-gather every rank holds the same list and calls `decide` with the 
 Why hold at all: with DP attention every rank joins every MoE all_gather/reduce_scatter. A pass
 where one rank prefills thousands of tokens while the others decode makes those decodes wait for
 the prefill (and drop out of CUDA graphs). Holding prefill a few passes until every rank has
-work, and enough of it, turns many mixed passes into a few aligned ones. The must-fire rules
-bound the delay so nothing starves.
+work (and, with a fill target, enough of it) turns many mixed passes into a few aligned ones.
+The must-fire rules bound the delay so nothing starves.
 """
 
 from __future__ import annotations
@@ -63,7 +63,12 @@ class RankState:
 
 @dataclass(frozen=True)
 class PolicyParams:
-    target_fill: float = 0.7
+    # 0 (fire once aligned), not 0.7 (SGLang's delayer and ATOM): with 8192-token budgets per
+    # rank, 0.7 held 500-800 passes a run and served 0.84-0.94x the input throughput of plain
+    # SGLang at the same budget, 0.01 served 1.03x (DP2, 2xH200, 2026-11-23). At DP4 with the
+    # old 2048-token budget 0.7 held 0-5 passes a run, so those results were alignment's alone.
+    # benchmarks/results/NOTES-admission.md, eleventh session.
+    target_fill: float = 0.0
     align: bool = True
     max_hold_passes: int = 32
     max_wait_ms: int = 1000

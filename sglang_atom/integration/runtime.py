@@ -64,6 +64,8 @@ def serving_setup(server_args, architecture: str | None) -> ServingSetup:
         nnodes=int(server_args.nnodes),
         dp_sync_skipped=_env_flag("SGLANG_SCHEDULER_SKIP_ALL_GATHER"),
         prefill_attention_backend=server_args.prefill_attention_backend or server_args.attention_backend,
+        prefill_tokens_per_rank=(server_args.chunked_prefill_size
+                                 if (server_args.chunked_prefill_size or 0) > 0 else None),
     )
 
 

@@ -12,6 +12,7 @@ CLI_TARGETS = (
     "sglang.srt.server_args.ServerArgs.from_cli_args",
     "sglang.srt.server_args.ServerArgs.__post_init__",
     "sglang.srt.server_args.ServerArgs._disable_breakable_cudagraph_if_incompatible",
+    "sglang.srt.server_args.ServerArgs._handle_data_parallelism",
 )
 
 # Hook targets that change serving (installed only with --backend atom).
