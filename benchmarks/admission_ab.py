@@ -43,9 +43,11 @@ from serving import (  # noqa: E402
 CONFIGS = {
     "plain": [],
     "delayer": ["--enable-prefill-delayer"],
-    # plain with twice SGLang's default prefill budget (8192, which DP attention divides by dp):
-    # separates what a larger budget gives any config from what admission gives
+    # plain SGLang at --backend atom's per-rank prefill budget (8192 tokens, SGLang's default
+    # --chunked-prefill-size undivided), at DP2 and DP4: SGLang divides the flag by dp, atom does
+    # not. They separate what the budget gives any config from what admission gives.
     "plain_chunk16k": ["--chunked-prefill-size", "16384"],
+    "plain_chunk32k": ["--chunked-prefill-size", "32768"],
     "atom": ["--backend", "atom"],
     "atom_chunk16k": ["--backend", "atom", "--chunked-prefill-size", "16384"],
     # alignment holds only, in effect (the fill target must be > 0): fire as soon as every rank
@@ -59,7 +61,7 @@ CONFIGS = {
     "atom_chunk0": ["--backend", "atom", "--atom-admission-chunked-max-hold-passes", "0"],
     # admission plus two-batch overlap of prefill over all_gather/reduce_scatter
     "atom_tbo": ["--backend", "atom", "--enable-two-batch-overlap"],
-    # plain SGLang scheduling plus sglang-atom's observer: the padding-ratio baseline
+    # sglang-atom's observer without admission (at atom's per-rank budget): the padding baseline
     "observe": ["--backend", "atom", "--atom-admission", "off"],
     # DeepEP expert parallelism with SGLang's own two-batch overlap. SGLang 0.5.17 runs unquantized
     # (bf16) experts behind DeepEP only through DeepGEMM's runner (ep_moe/layer.py), in either mode.
@@ -116,14 +118,15 @@ def missing_packages(config: str) -> list[str]:
 SCENARIOS = {
     # Interleaved: sequential servers confounded config with order and session (see run_interleaved)
     "admission-dp4": dict(model="models/qwen3-moe-tiny", tp=4, dp=4, workloads="short,8k1k",
-                          configs="plain,atom,delayer", concurrency="64,128,256", repeats=3,
-                          cuda_graph=True, interleave=True, shared_mem_fraction=0.25),
+                          configs="plain,plain_chunk32k,atom,delayer", concurrency="64,128,256",
+                          repeats=3, cuda_graph=True, interleave=True, shared_mem_fraction=0.2),
     # Triton MLA at 128 heads keeps a float32 split-KV buffer per decode batch: graphs up to bs 512
     # asked for 32 GiB and eager passes for 2-4 GiB beyond a default-sized pool (4xH200,
     # 2026-11-22); c256 at DP4 is 64 requests per rank. Three servers of 0.2 leave each ~15 GB
-    # for those buffers and activations.
+    # for those buffers and activations, so the delayer (0.95-0.96x plain at c64/c128 there on
+    # 2026-11-22) gives its place to plain at atom's budget; `--configs delayer` runs it alone.
     "admission-dp4-dsv3": dict(model="models/deepseek-v3-width", tp=4, dp=4, workloads="short,8k1k",
-                               configs="plain,atom,delayer", concurrency="64,128,256", repeats=2,
+                               configs="plain,plain_chunk32k,atom", concurrency="64,128,256", repeats=2,
                                cuda_graph=True, interleave=True, shared_mem_fraction=0.2,
                                extra="--cuda-graph-max-bs 128"),
     "inferencex-dp4": dict(model="models/qwen3-moe-tiny", tp=4, dp=4, workloads="1k1k,8k1k",

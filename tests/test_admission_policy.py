@@ -8,7 +8,8 @@ from sglang_atom.admission.policy import (
     HOLD_REASONS, EpisodeState, PolicyParams, RankState, decide, padding_ratio,
 )
 
-P = PolicyParams()
+# The fill rule is off by default (target_fill 0); these tests turn it on to exercise it.
+P = PolicyParams(target_fill=0.7)
 
 
 def rank(waiting=0, pending=0, running=10, kv=100, chunked=0, age=0, budget=8192):
@@ -33,7 +34,7 @@ def test_alignment_holds_when_only_some_ranks_can_prefill():
 
 
 def test_alignment_off_goes_to_fill_rule():
-    params = PolicyParams(align=False)
+    params = PolicyParams(align=False, target_fill=0.7)
     d, _ = decide([rank(1, 500), rank()], EpisodeState(), params)
     assert (d.fire, d.reason) == (False, HOLD_FILL)
 
@@ -43,6 +44,13 @@ def test_fill_target_fires_when_pending_reaches_fraction_of_budget():
     assert decide(ranks, EpisodeState(), P)[0].reason == FIRE_FILL
     ranks = [rank(3, 5000, budget=8192), rank(2, 5000, budget=8192)]  # 10000 < 11469
     assert decide(ranks, EpisodeState(), P)[0].reason == HOLD_FILL
+
+
+def test_default_fires_as_soon_as_every_rank_can_prefill():
+    default = PolicyParams()
+    assert default.target_fill == 0
+    assert decide([rank(1, 1), rank(1, 1)], EpisodeState(), default)[0].reason == FIRE_FILL
+    assert decide([rank(1, 500), rank()], EpisodeState(), default)[0].reason == HOLD_ALIGN
 
 
 def test_kv_pressure_fires():
@@ -62,11 +70,11 @@ def test_max_hold_fires():
 
 def test_chunked_continuation_is_held_at_most_its_limit():
     ranks = [rank(0, 3000, chunked=1), rank(1, 100)]
-    never_held = PolicyParams(chunked_max_hold_passes=0)
+    never_held = PolicyParams(chunked_max_hold_passes=0, target_fill=0.7)
     assert decide(ranks, EpisodeState(), never_held)[0].reason == FIRE_CHUNKED
     assert not decide(ranks, EpisodeState(held_passes=1, last_pending=0), P)[0].fire  # default 2
     assert decide(ranks, EpisodeState(held_passes=2, last_pending=0), P)[0].reason == FIRE_CHUNKED
-    params = PolicyParams(chunked_max_hold_passes=4)
+    params = PolicyParams(chunked_max_hold_passes=4, target_fill=0.7)
     assert not decide(ranks, EpisodeState(held_passes=3, last_pending=0), params)[0].fire
     assert decide(ranks, EpisodeState(held_passes=4, last_pending=0), params)[0].reason == FIRE_CHUNKED
 
@@ -93,7 +101,7 @@ def test_growing_queue_keeps_holding_until_fill():
 
 
 def test_tbo_ready_fires_before_fill_target():
-    params = PolicyParams(tbo_enabled=True, tbo_min_tokens=4096)
+    params = PolicyParams(tbo_enabled=True, tbo_min_tokens=4096, target_fill=0.7)
     ranks = [rank(2, 4096), rank(3, 5000)]
     assert decide(ranks, EpisodeState(), params)[0].reason == FIRE_TBO_READY
     assert decide(ranks, EpisodeState(), P)[0].reason == HOLD_FILL
@@ -123,7 +131,7 @@ rank_states = st.builds(
 )
 params_st = st.builds(
     PolicyParams,
-    target_fill=st.floats(0.01, 1.0),
+    target_fill=st.floats(0.0, 1.0),
     align=st.booleans(),
     max_hold_passes=st.integers(0, 64),
     max_wait_ms=st.integers(1, 5000),
