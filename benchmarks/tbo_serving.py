@@ -142,7 +142,7 @@ def check(args, out: dict) -> None:
         name = os.path.basename(model.rstrip("/"))
         vocab = model_config(model)["vocab_size"]
         ckpt = random_checkpoint.write(model, f"/tmp/ckpt/{name}")
-        chunk = 1024  # per rank; SGLang divides --chunked-prefill-size by dp
+        chunk = 1024  # per rank
         lens1 = [[300, 700, 1500], [2600], [90, 1100]][:dp] + [[400]] * max(0, dp - 3)
         wave1 = [(r, [rng.randrange(3, vocab) for _ in range(n)]) for r in range(dp) for n in lens1[r]]
         wave2 = [(dp - 1, [rng.randrange(3, vocab) for _ in range(3000)])]
@@ -153,6 +153,7 @@ def check(args, out: dict) -> None:
             flags = server_flags(ckpt, dp, tbo_comm, [
                 *[f for f in BASE_FLAGS if f not in ("--load-format", "dummy", "--disable-cuda-graph")],
                 "--cuda-graph-max-bs", "16", "--chunked-prefill-size", str(chunk * dp),
+                "--atom-prefill-tokens-per-rank", str(chunk),
                 # a tiny model leaves a huge KV pool; SGLang's decode buffers scale with the
                 # request slots it implies and ran out of memory for DeepSeek-V3-tiny
                 "--max-running-requests", "64", "--mem-fraction-static", "0.7",
@@ -239,8 +240,11 @@ def prefill_servers(args, out: dict, model: str, tokens_per_rank: int):
         # its chunk size in breakable CUDA graphs (non-MLA models), as a user's server would,
         # and the TBO server's split passes run eagerly. Without it both run eagerly.
         base = [f for f in BASE_FLAGS if not (args.cuda_graph and f == "--disable-cuda-graph")]
-        flags = server_flags(model, args.dp, tbo_comm, [*base, "--chunked-prefill-size", budget,
-                                                        "--max-prefill-tokens", budget, *split_all])
+        # one prompt per rank and pass, as plain SGLang would chunk with --chunked-prefill-size
+        # T x dp (sized for memory the same way)
+        flags = server_flags(model, args.dp, tbo_comm, [
+            *base, "--chunked-prefill-size", budget, "--max-prefill-tokens", budget,
+            "--atom-prefill-tokens-per-rank", str(tokens_per_rank), *split_all])
         with serving(args, out, name, tbo_comm, flags) as (server, label):
             yield name, tbo_comm, server, label
 
