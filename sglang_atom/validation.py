@@ -63,6 +63,10 @@ def check(cfg: AtomConfig, setup: ServingSetup, platform: str = "cuda") -> None:
         raise AtomConfigError(
             "--atom-prefill-tokens-per-rank sets the budget of each DP-attention rank; without "
             "--enable-dp-attention use --chunked-prefill-size instead.")
+    if cfg.prefill_tokens_per_rank and setup.dp_attention and setup.prefill_tokens_per_rank is None:
+        raise AtomConfigError(
+            "--atom-prefill-tokens-per-rank bounds chunked prefill, which --chunked-prefill-size -1 "
+            "turns off; drop one of the two.")
     if setup.two_batch_overlap and not setup.dp_attention:
         raise AtomConfigError(
             "--enable-two-batch-overlap with --backend atom overlaps the DP all_gather/reduce_scatter "

@@ -237,6 +237,9 @@ def test_prefill_budget_per_rank_needs_dp_attention_and_is_in_the_startup_line()
             "--enable-dp-attention use --chunked-prefill-size instead.")):
         check(given, replace(dp, dp_attention=False, dp_size=1))
     check(AtomConfig(backend="atom"), replace(dp, dp_attention=False, dp_size=1))  # the default is 0
+    with pytest.raises(AtomConfigError, match=re.escape("--chunked-prefill-size -1 turns off; drop one")):
+        check(given, replace(dp, prefill_tokens_per_rank=None))
+    check(AtomConfig(backend="atom"), replace(dp, prefill_tokens_per_rank=None))
     assert "| prefill budget=8192 tokens per rank |" in summary(AtomConfig(backend="atom"), dp, plan("cuda"))
     assert "prefill budget" not in summary(AtomConfig(backend="atom"), replace(dp, prefill_tokens_per_rank=None),
                                            plan("cuda"))
