@@ -215,7 +215,8 @@ def run_lockstep(seed: int, *extra: str) -> tuple[dict, str]:
     assert any(not fire for fire, _ in sequences[0])
     # one all_gather per pass on every rank: SGLang's DP sync, which carries the states
     assert all(ranks[r]["all_gathers_per_pass"] == [1] for r in ranks)
-    assert proc.stderr.count("sglang-atom active: admission=coalesce(target_fill=0.7") == 1
+    assert proc.stderr.count("sglang-atom active: admission=coalesce(target_fill=0.0") == 1
+    assert "| prefill budget=" in proc.stderr
     assert "hooks verified in: launcher, scheduler" in proc.stderr
     assert ranks["3"]["admitted"] == 0  # the idle rank joined every sync with nothing to do
     assert all(ranks[r]["admitted"] > 0 for r in "012")
