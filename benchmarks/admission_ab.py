@@ -49,10 +49,13 @@ CONFIGS = {
     "plain_chunk16k": ["--chunked-prefill-size", "16384"],
     "plain_chunk32k": ["--chunked-prefill-size", "32768"],
     "atom": ["--backend", "atom"],
-    "atom_chunk16k": ["--backend", "atom", "--chunked-prefill-size", "16384"],
-    # alignment holds only, in effect (the fill target must be > 0): fire as soon as every rank
-    # that can prefill has pending tokens
+    # the two atom configs measured at DP2 on 2026-11-23 (8192 tokens per rank, when SGLang still
+    # divided the flag under atom and the fill default was 0.7), spelled so they rerun as measured
+    "atom_chunk16k": ["--backend", "atom", "--chunked-prefill-size", "16384",
+                      "--atom-prefill-tokens-per-rank", "8192", "--atom-admission-target-fill", "0.7"],
+    # alignment holds only, in effect, as the default 0 now is on prompts of 800+ tokens
     "atom_chunk16k_fill001": ["--backend", "atom", "--chunked-prefill-size", "16384",
+                              "--atom-prefill-tokens-per-rank", "8192",
                               "--atom-admission-target-fill", "0.01"],
     "atom_fill02": ["--backend", "atom", "--atom-admission-target-fill", "0.2"],
     # the chunked-hold limit spelled out: 2 is the default since 2026-11-22's 4xH200 run, 0 the

@@ -174,7 +174,7 @@ def summary(cfg: AtomConfig, setup: ServingSetup, plan: PlatformPlan, tbo_min_to
         tbo = "tbo=off (--enable-two-batch-overlap not given)"
     else:
         tbo = "tbo=off (needs --enable-dp-attention with --dp > 1)"
-    if setup.dp_attention and setup.prefill_tokens_per_rank:
-        admission += f" | prefill budget={setup.prefill_tokens_per_rank} tokens per rank"
-    return (f"sglang-atom active: {admission} | {tbo} | moe_kernel={plan.moe_kernel} ({plan.platform}) | "
+    budget = (f" | prefill budget={setup.prefill_tokens_per_rank} tokens per rank"
+              if setup.dp_attention and setup.prefill_tokens_per_rank else "")
+    return (f"sglang-atom active: {admission}{budget} | {tbo} | moe_kernel={plan.moe_kernel} ({plan.platform}) | "
             f"collectives={plan.collective_backend} all_gather/reduce_scatter")

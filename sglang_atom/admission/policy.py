@@ -64,7 +64,7 @@ class RankState:
 @dataclass(frozen=True)
 class PolicyParams:
     # 0 (fire once aligned), not 0.7 (SGLang's delayer and ATOM): with 8192-token budgets per
-    # rank, 0.7 held 500-800 passes a run and served 0.83-0.99x the input throughput of plain
+    # rank, 0.7 held 475-776 passes a run and served 0.83-0.99x the input throughput of plain
     # SGLang at the same budget, 0.01 served 0.98-1.08x (DP2, 2xH200, 2026-11-23). At DP4 with the
     # old 2048-token budget 0.7 held 0-5 passes a run, so those results were alignment's alone.
     # benchmarks/results/NOTES-admission.md, eleventh session.
