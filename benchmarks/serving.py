@@ -260,6 +260,53 @@ def load(url, reqs, concurrency, progress="", request_rate=None, seed=0):
     return asyncio.run(run_load(url, reqs, concurrency, progress, request_rate, seed))
 
 
+_START = None  # a client process's start barrier (set by _init_client)
+
+
+def _init_client(barrier) -> None:
+    global _START
+    _START = barrier
+
+
+def _client_shard(job) -> tuple[list[Record], float, float, float]:
+    """One client process's share: its records, its start and end (CLOCK_MONOTONIC, the same in
+    every process), and the CPU seconds it used."""
+    _START.wait()
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    records, _ = load(*job)
+    return records, t0, time.perf_counter(), time.process_time() - cpu0
+
+
+def load_measured(url, reqs, concurrency, progress="", request_rate=None, seed=0,
+                  processes: int = 1) -> tuple[list[Record], float, float]:
+    """`load` from `processes` client processes, each an event loop with its share of the
+    clients (and of the Poisson rate), all starting together; records in request order. Also
+    returns the CPU seconds the client processes used, to tell a client-bound run: one Python
+    process parses every streamed token event of the load."""
+    if processes == 1:
+        cpu0 = time.process_time()
+        records, secs = load(url, reqs, concurrency, progress, request_rate, seed)
+        return records, secs, time.process_time() - cpu0
+    if not 1 < processes <= concurrency:
+        raise ValueError(f"client processes must be between 1 and the concurrency ({concurrency}), "
+                         f"not {processes}")
+    import multiprocessing
+
+    shards = [list(range(p, len(reqs), processes)) for p in range(processes)]
+    jobs = [(url, [reqs[i] for i in shard], concurrency // processes + (p < concurrency % processes),
+             progress if p == 0 else "", None if request_rate is None else request_rate / processes,
+             seed + p) for p, shard in enumerate(shards)]
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(processes, _init_client, (ctx.Barrier(processes),)) as pool:
+        parts = pool.map(_client_shard, jobs, chunksize=1)
+    records: list = [None] * len(reqs)
+    for shard, (shard_records, *_rest) in zip(shards, parts):
+        for i, record in zip(shard, shard_records):
+            records[i] = record
+    secs = max(p[2] for p in parts) - min(p[1] for p in parts)
+    return records, secs, sum(p[3] for p in parts)
+
+
 # ----------------------------------------------------------------------------- summary
 def _pct(values, q):
     if not values:

@@ -82,6 +82,23 @@ def test_open_loop_sends_at_poisson_times_with_a_cap_on_requests_in_flight():
     assert most == 2
 
 
+def test_client_processes_share_the_load_and_keep_request_order():
+    import pytest
+    from serving import load_measured
+
+    url = serve_in_thread()
+    reqs = [([1] * (10 + i), 2 + i % 5) for i in range(13)]
+    records, secs, cpu = load_measured(url, reqs, concurrency=5, processes=2)
+    assert [(r.input_len, r.output_len) for r in records] == [(len(ids), n) for ids, n in reqs]
+    assert all(not r.error and 0 < r.ttft < r.e2e for r in records)
+    # 3 + 2 clients in two processes: never more than 5 requests in flight together
+    spans = [(r.sent_at, r.sent_at + r.e2e) for r in records]
+    assert max(sum(a <= t < b for a, b in spans) for t, _ in spans) <= 5
+    assert secs >= max(b for _, b in spans) - min(a for a, _ in spans) - 1e-3 and cpu > 0
+    with pytest.raises(ValueError, match="between 1 and the concurrency"):
+        load_measured(url, reqs, concurrency=2, processes=3)
+
+
 def test_scrape_sums_series():
     page = ('# HELP x\nsglang:atom_admission_decisions_total{decision="fire",reason="fill"} 3.0\n'
             'sglang:num_running_reqs 4\nsglang:atom_admission_decisions_total{decision="fire",reason="fill"} 2.0\n')
@@ -385,3 +402,54 @@ def test_profile_summarizes_gpu_and_host_time_of_each_servers_trace(tmp_path, mo
         assert p["summary"]["streams"]["7"]["moe"] == 0.5
         assert p["python"]["inclusive"][0] == {"function": "tbo.py(5): prepare", "ms": 2.0}
         assert [(x["kernels"], x["host_ms"], x["split"]) for x in p["passes"]] == [(1, 1.0, False)]
+
+
+def test_frontend_probe_reads_sglangs_latency_histograms_and_cpu_per_process():
+    """A cell of frontend_probe against the stand-in, with a /metrics page like SGLang's that
+    grows with the requests served, and a real child process in the server's place."""
+    import subprocess
+    from types import SimpleNamespace
+
+    import frontend_probe
+
+    served = [0]
+
+    async def counted(request):
+        served[0] += 1
+        return await generate(request)
+
+    async def metrics(request):
+        n = served[0]
+        lab = 'model_name="m"'
+        page = (f"sglang:time_to_first_token_seconds_sum{{{lab}}} {0.05 * n}\n"
+                f"sglang:time_to_first_token_seconds_count{{{lab}}} {n}\n"
+                f'sglang:per_stage_req_latency_seconds_sum{{{lab},stage="request_process"}} {0.002 * n}\n'
+                f'sglang:per_stage_req_latency_seconds_count{{{lab},stage="request_process"}} {n}\n')
+        return web.Response(text=page)
+
+    loop = asyncio.new_event_loop()
+    app = web.Application()
+    app.router.add_post("/generate", counted)
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+
+    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        from serving import Server
+
+        server = SimpleNamespace(url=url, proc=stand_in, get=lambda path: Server.get(server, path))
+        run = frontend_probe.run_cell(server, "small", concurrency=4, processes=2, repeat=0,
+                                      requests_per_client=2, n_gpus=1)
+    finally:
+        stand_in.kill()
+    assert run["completed"] == 8 and run["client_processes"] == 2
+    assert run["server_ttft_ms"] == 50.0 and run["queue_ms"] is None
+    assert run["stage_ms"] == {"request_process": 2.0}
+    cpu = run["cpu_share"]
+    assert set(cpu) == {"main (HTTP + tokenizer manager)", "client (all processes)", "client (per process)"}
+    assert cpu["client (all processes)"] > 0 and cpu["main (HTTP + tokenizer manager)"] < 0.5
