@@ -72,3 +72,18 @@ def test_max_len_gather_charges_pad_rows_only_in_extend_passes_without_a_decodin
     # balanced passes have nothing to pad, and decode passes are untouched
     assert padded.step_ms([2048] * 4, True, any_decode=False) == MODEL.step_ms([2048] * 4, True)
     assert padded.step_ms([16, 8, 0, 0], False, any_decode=True) == MODEL.step_ms([16, 8, 0, 0], False)
+
+
+def test_the_front_end_delays_each_request_by_its_own_draw():
+    one = WORKLOADS["short"].__class__("one", 100, 2, range_ratio=1.0)  # 100 in, 2 out
+    prefill = MODEL.step_ms([100], True)
+    # one client: each request reaches an idle scheduler after its delay and is prefilled alone
+    r = simulate(NoPolicy(), 1, one, MODEL, concurrency_per_rank=1, requests_per_client=400, frontend_ms=50.0)
+    assert abs(r["ttft_mean_ms"] - (50.0 + prefill)) < 0.12 * 50.0
+    assert r["ttft_p99_ms"] > 150.0 + prefill > r["ttft_p50_ms"] > prefill  # exponential: long tail
+    # a wave sent at once no longer shares one prefill pass ...
+    wave = simulate(NoPolicy(), 1, one, MODEL, concurrency_per_rank=3, requests_per_client=1, frontend_ms=50.0)
+    assert wave["ttft_p50_ms"] > MODEL.step_ms([300], True)
+    # ... as it does without the stage
+    assert simulate(NoPolicy(), 1, one, MODEL, concurrency_per_rank=3, requests_per_client=1)[
+        "ttft_mean_ms"] == round(MODEL.step_ms([300], True), 1)

@@ -4,7 +4,11 @@ Pure Python; the admission policy is the production `decide`. Each pass, every r
 prefills (up to its token budget, chunking the last request), decodes its running requests,
 or idles; all ranks share one pass whose time comes from `StepModel`. SGLang runs prefill
 first, so a prefilling rank's running requests do not decode in that pass, and the other
-ranks' decodes wait for it: that is the cost admission tries to cut.
+ranks' decodes wait for it: that is the cost admission tries to cut. With `frontend_ms`,
+each request reaches the scheduler after a random delay (exponential, that mean) in the front
+end: SGLang's tokenizer manager, one process, held requests 150-300 ms at a full core on 1xH200
+(benchmarks/results/2026-11-23-frontend-probe-1xh200). The delay breaks up the waves a closed
+loop resends at one instant, as the GPU's front end does.
 
     python -m sglang_atom.admission.simulator --out DIR [--dp 4,8,16,32,64] [--graph-decode-speedup 2]
 
@@ -130,9 +134,10 @@ class AtomPolicy:
 # --------------------------------------------------------------------------- simulation
 @dataclass
 class Req:
-    arrival_ms: float
+    arrival_ms: float  # sent by the client: TTFT and E2E count from here
     input_len: int
     output_len: int
+    queued_ms: float = 0.0  # reached the scheduler: the policy's age counts from here, as SGLang's
     prefilled: int = 0
     ttft_ms: float = 0.0
     e2e_ms: float = 0.0
@@ -183,7 +188,7 @@ def rank_state(r: Rank, now: float, budget: int, kv_tokens: int, batch=None) -> 
     used = sum(q.input_len + q.output_len for _, _, q in r.running)
     return RankState(len(r.waiting), min(pending, 4 * budget), len(r.running),
                      min(1000, int(1000 * used / kv_tokens)), int(chunked),
-                     int(now - r.waiting[0].arrival_ms) if r.waiting else 0, budget)
+                     int(now - r.waiting[0].queued_ms) if r.waiting else 0, budget)
 
 
 def mark_synced(ranks: list[Rank]) -> None:
@@ -195,19 +200,28 @@ def mark_synced(ranks: list[Rank]) -> None:
 
 def simulate(policy, dp: int, workload: Workload, model: StepModel, concurrency_per_rank: int = 32,
              requests_per_client: int = 3, budget: int = 8192, kv_tokens: int = 400_000,
-             arrival: str = "closed", rate_per_rank_s: float = 0.0, seed: int = 0) -> dict:
-    """Run until every client has sent its requests (closed loop) or as many Poisson arrivals."""
+             arrival: str = "closed", rate_per_rank_s: float = 0.0, seed: int = 0,
+             frontend_ms: float = 0.0) -> dict:
+    """Run until every client has sent its requests (closed loop) or as many Poisson arrivals.
+    `frontend_ms`: the front end's mean delay per request (0: requests reach the scheduler
+    when sent)."""
     rng = random.Random(seed)
     ranks = [Rank() for _ in range(dp)]
     clients = dp * concurrency_per_rank
     total = clients * requests_per_client
     now, sent, done, seq, rr = 0.0, 0, [], 0, 0
     poisson_next = 0.0
+    in_frontend: list = []  # heap of (time it reaches the scheduler, id, rank, request)
 
     def send(t):
         nonlocal sent, rr
         n_in, n_out = workload.draw(rng)
-        ranks[rr % dp].waiting.append(Req(t, n_in, n_out))
+        q, rank = Req(t, n_in, n_out, queued_ms=t), ranks[rr % dp]
+        if frontend_ms > 0:
+            q.queued_ms = t + rng.expovariate(1.0 / frontend_ms)
+            heapq.heappush(in_frontend, (q.queued_ms, sent, rank, q))
+        else:
+            rank.waiting.append(q)
         rr += 1
         sent += 1
 
@@ -223,6 +237,9 @@ def simulate(policy, dp: int, workload: Workload, model: StepModel, concurrency_
             while sent < total and poisson_next <= now:
                 send(poisson_next)
                 poisson_next += rng.expovariate(rate_per_rank_s * dp / 1000.0)
+        while in_frontend and in_frontend[0][0] <= now:
+            *_, rank, q = heapq.heappop(in_frontend)
+            rank.waiting.append(q)
         states = [rank_state(r, now, budget, kv_tokens) for r in ranks]
         if not lagged:
             mark_synced(ranks)
@@ -262,8 +279,10 @@ def simulate(policy, dp: int, workload: Workload, model: StepModel, concurrency_
         any_decode = any(e is None and r.running for e, r in zip(extends, ranks))
         step = model.step_ms(tokens, any_extend, any_decode)
         if max(tokens) == 0 and not any_extend:
-            # Nothing anywhere: jump to the next arrival (Poisson) instead of spinning.
-            now = poisson_next if arrival == "poisson" else now + step
+            # Nothing anywhere: jump to the next arrival instead of spinning.
+            upcoming = [t for t in (poisson_next if arrival == "poisson" and sent < total else None,
+                                    in_frontend[0][0] if in_frontend else None) if t is not None]
+            now = max(now, min(upcoming)) if upcoming else now + step
             continue
         passes += 1
         now += step
@@ -379,6 +398,9 @@ def main(argv=None) -> int:
     ap.add_argument("--stall-passes", type=int, default=PolicyParams.stall_passes)
     ap.add_argument("--max-hold-passes", type=int, default=PolicyParams.max_hold_passes)
     ap.add_argument("--chunked-max-hold-passes", type=int, default=PolicyParams.chunked_max_hold_passes)
+    ap.add_argument("--frontend-ms", type=float, default=0.0,
+                    help="mean delay per request (exponential) in the front end between clients and "
+                         "the scheduler (0: none; see benchmarks/results/NOTES-admission.md)")
     ap.add_argument("--budget", type=int, default=8192,
                     help="prefill token budget per rank and pass (SGLang's per-rank chunked prefill size)")
     ap.add_argument("--state-lag-passes", type=int, choices=(0, 1), default=1,
@@ -395,7 +417,7 @@ def main(argv=None) -> int:
     rows = run_matrix([int(d) for d in args.dp.split(",")], args.workloads.split(","), model, params,
                       state_lag_passes=args.state_lag_passes, concurrency_per_rank=args.concurrency_per_rank,
                       requests_per_client=args.requests_per_client, arrival=args.arrival,
-                      rate_per_rank_s=args.rate_per_rank, budget=args.budget)
+                      rate_per_rank_s=args.rate_per_rank, budget=args.budget, frontend_ms=args.frontend_ms)
     meta = {"step_model": model.__dict__, "fit_rms_ms": round(rms, 2), "args": vars(args)}
     with open(os.path.join(args.out, "sim.json"), "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
