@@ -87,3 +87,31 @@ def test_the_front_end_delays_each_request_by_its_own_draw():
     # ... as it does without the stage
     assert simulate(NoPolicy(), 1, one, MODEL, concurrency_per_rank=3, requests_per_client=1)[
         "ttft_mean_ms"] == round(MODEL.step_ms([300], True), 1)
+
+
+def test_refit_scores_a_grid_against_served_runs_and_compares_policies(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import sim_refit
+
+    def served(config, tok_s, ttft, tpot, repeat=0):
+        return {"config": config, "repeat": repeat, "workload": "short", "concurrency": 8,
+                "completed": 16, "input_tok_s": tok_s, "mean_ttft_ms": ttft, "mean_tpot_ms": tpot}
+
+    ab = tmp_path / "ab.json"
+    ab.write_text(json.dumps({"runs": [served("plain", 1e9, 1e9, 1e9, repeat=-1),  # warm-up: ignored
+                                       served("plain", 100000.0, 90.0, 8.0), served("plain", 120000.0, 110.0, 10.0),
+                                       served("atom", 5.0, 5.0, 5.0)]}))
+    assert sim_refit.main(["--out", str(tmp_path / "out"), "--ab", str(ab), "--dp", "2", "--fit", "plain=4096",
+                           "--compare-budget", "4096", "--client-ms", "40", "--c0-ms", "5", "--k-ms", "0.001",
+                           "--decode-speedup", "1", "--frontend-ms", "0,50", "--top", "2"]) == 0
+    out = json.loads((tmp_path / "out" / "refit.json").read_text())
+    t = out["targets"]["plain"]
+    assert (t["runs"], t["concurrency_per_rank"], t["requests_per_client"]) == (2, 4, 2)
+    assert (t["input_tok_s_per_rank"], t["ttft_mean_ms"], t["tpot_mean_ms"]) == (55000.0, 60.0, 9.0)
+    assert sorted(g["frontend_ms"] for g in out["grid"]) == [0.0, 50.0]
+    assert out["grid"][0]["rms_rel_error"] <= out["grid"][1]["rms_rel_error"]
+    assert set(out["best"][0]["policies"]) == {"none", "atom_fill0", "atom_fill07"}
+    assert "| 5.0 | 0.001 | 1.0 |" in (tmp_path / "out" / "refit.md").read_text()
