@@ -5,10 +5,11 @@ prefills (up to its token budget, chunking the last request), decodes its runnin
 or idles; all ranks share one pass whose time comes from `StepModel`. SGLang runs prefill
 first, so a prefilling rank's running requests do not decode in that pass, and the other
 ranks' decodes wait for it: that is the cost admission tries to cut. With `frontend_ms`,
-each request reaches the scheduler after a random delay (exponential, that mean) in the front
-end: SGLang's tokenizer manager, one process, held requests 150-300 ms at a full core on 1xH200
-(benchmarks/results/2026-11-23-frontend-probe-1xh200). The delay breaks up the waves a closed
-loop resends at one instant, as the GPU's front end does.
+each request reaches the scheduler after its own random delay (exponential, that mean), a
+stand-in for SGLang's front end: its tokenizer manager, one process at a full core, held
+requests 150-300 ms on 1xH200 (benchmarks/results/2026-11-23-frontend-probe-1xh200). Fitted to
+the GPU's TTFT, it reproduces how often a fill target holds, but it scatters arrivals more than
+the GPU's front end does (benchmarks/results/NOTES-admission.md, twelfth session).
 
     python -m sglang_atom.admission.simulator --out DIR [--dp 4,8,16,32,64] [--graph-decode-speedup 2]
 
