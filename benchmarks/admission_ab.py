@@ -178,13 +178,24 @@ PASS_INTERVAL = "sglang:atom_pass_interval_seconds"
 STALL_SECONDS = "0.1"  # a bucket bound of PASS_INTERVAL: a pass interval above it is a stall
 
 
-def counter_delta(before: dict, after: dict, name: str) -> dict:
+def counter_delta(before: dict, after: dict, name: str, by: tuple[str, ...] = ("decision", "reason")) -> dict:
+    """How much counter `name` grew between two scrapes, summed per value of its labels `by`
+    (joined with ':'), over every other label; only the ones that grew."""
     out = {}
     for key, value in after.items():
-        if key.startswith(name):
+        if key.startswith(name + "{"):
             labels = dict(re.findall(r'(\w+)="([^"]*)"', key))
-            out[f"{labels.get('decision')}:{labels.get('reason')}"] = value - before.get(key, 0.0)
-    return {k: v for k, v in out.items() if v}
+            group = ":".join(str(labels.get(b)) for b in by)
+            out[group] = out.get(group, 0.0) + value - before.get(key, 0.0)
+    return {k: round(v, 6) for k, v in out.items() if v}
+
+
+# SGLang's own per-pass GPU time (CUDA events around each forward, by category: decode, extend,
+# idle) and its pass counts (decode/prefill, with or without a CUDA graph). The simulator's step
+# model needs what a pass costs in served traffic; probes alone did not tell (NOTES-admission).
+FORWARD_SECONDS = "sglang:forward_execution_seconds_total"
+FORWARD_PASSES = "sglang:cuda_graph_passes_total"
+SERVER_ENV = {"SGLANG_ENABLE_METRICS_DEVICE_TIMER": "1"}
 
 
 def calibrate(url: str, dp: int) -> dict:
@@ -267,7 +278,8 @@ def start(args, name: str, label: str, base: list[str], stack: contextlib.ExitSt
     """Start one config's server (stopped when `stack` closes), warm it up; return it and its
     start-up seconds."""
     flags = base + CONFIGS[name] + (["--mem-fraction-static", str(mem_fraction)] if mem_fraction else [])
-    server = stack.enter_context(Server(flags, os.path.join(args.out, f"server_{label}.log"), port=port))
+    server = stack.enter_context(Server(flags, os.path.join(args.out, f"server_{label}.log"), port=port,
+                                        env=SERVER_ENV))
     startup = server.wait_ready()
     # Warm-up: one wave per workload and concurrency, so the batch shapes the runs hit are
     # compiled before timing (Triton kernels compile per shape bucket; a warm-up at the top
@@ -314,9 +326,9 @@ def run_cell(args, server: Server, name: str, label: str, startup: float, cell: 
     # Fresh requests per repeat (a repeat of the same token ids would hit the radix cache and
     # skip most of its prefill), the same for every config.
     reqs = WORKLOADS[wname].requests(n, seed=1000 * conc + rep)
-    before = scrape(server.get("/metrics"))
+    before = scrape(server.get("/metrics"), "sglang:")
     records, secs = load(server.url, reqs, conc, request_rate=args.request_rate, seed=1000 * conc + rep)
-    after = scrape(server.get("/metrics"))
+    after = scrape(server.get("/metrics"), "sglang:")
     row = {"config": name, "server": label, "workload": wname, "concurrency": conc, "repeat": rep,
            "requests": n, "startup_s": round(startup, 1),
            "request_rate": args.request_rate,  # None: closed loop
@@ -331,7 +343,10 @@ def run_cell(args, server: Server, name: str, label: str, startup: float, cell: 
            "decisions": counter_delta(before, after, "sglang:atom_admission_decisions_total"),
            # scheduler cadence (atom configs only): mean interval between passes, and stalls
            "pass_interval_mean_ms": _ms(histogram_mean(before, after, PASS_INTERVAL)),
-           "stalled_passes": histogram_above(before, after, PASS_INTERVAL, STALL_SECONDS)}
+           "stalled_passes": histogram_above(before, after, PASS_INTERVAL, STALL_SECONDS),
+           # per DP rank ("dp_rank:category", "dp_rank:mode"), every config
+           "gpu_forward_s": counter_delta(before, after, FORWARD_SECONDS, ("dp_rank", "category")),
+           "forward_passes": counter_delta(before, after, FORWARD_PASSES, ("dp_rank", "mode"))}
     if slot is not None:
         row["slot"] = slot  # its place in the cell's server order (interleaved A/B)
     if rep < 0:

@@ -45,12 +45,26 @@ def test_padding_row_share_counts_rows_not_passes():
     assert admission_ab.padding_row_share(after, after) is None  # no passes in between
 
 
+def test_counter_delta_sums_label_sets_per_group():
+    name = admission_ab.FORWARD_SECONDS
+    before = {f'{name}{{category="decode",dp_rank="0",tp_rank="0"}}': 1.0}
+    after = {f'{name}{{category="decode",dp_rank="0",tp_rank="0"}}': 3.5,
+             f'{name}{{category="extend",dp_rank="0",tp_rank="0"}}': 0.25,
+             f'{name}{{category="decode",dp_rank="1",tp_rank="1"}}': 2.0,
+             f'{name}{{category="idle",dp_rank="1",tp_rank="1"}}': 0.0,
+             f'{name}_created{{category="decode",dp_rank="0",tp_rank="0"}}': 1.7e9}
+    assert admission_ab.counter_delta(before, after, name, ("dp_rank", "category")) == {
+        "0:decode": 2.5, "0:extend": 0.25, "1:decode": 2.0}
+    assert admission_ab.counter_delta(before, after, name, ("category",)) == {"decode": 4.5, "extend": 0.25}
+
+
 class FakeServer:
     """Records when it starts and stops; 'delayer' dies at its second timed run."""
     events: list = []
+    envs: list = []
 
-    def __init__(self, args, log_path, port=30000):
-        self.args, self.port, self.url = args, port, f"http://127.0.0.1:{port}"
+    def __init__(self, args, log_path, port=30000, env=None):
+        self.args, self.port, self.url, self.env = args, port, f"http://127.0.0.1:{port}", env
         self.name = ("atom" if "atom" in args else
                      "delayer" if "--enable-prefill-delayer" in args else "plain")
         self.gets = 0
@@ -59,6 +73,7 @@ class FakeServer:
 
     def __enter__(self):
         FakeServer.events.append(("start", self.name))
+        FakeServer.envs.append(self.env)
         return self
 
     def __exit__(self, *exc):
@@ -79,7 +94,7 @@ class FakeServer:
 
 @pytest.fixture
 def fake_servers(monkeypatch):
-    FakeServer.events = []
+    FakeServer.events, FakeServer.envs = [], []
     urls = []
 
     def fake_load(url, reqs, concurrency, progress="", request_rate=None, seed=0):
@@ -108,6 +123,9 @@ def test_interleaved_servers_run_side_by_side_and_take_turns(tmp_path, fake_serv
     assert "ConnectionRefusedError" in result["failed_configs"]["delayer"]
     assert "delayer log" in result["failed_configs"]["delayer"]
     assert result["interleaved"] is True
+    # every server times its forward passes on the GPU (SGLang's device timer)
+    assert all(r.get("gpu_forward_s") == {} for r in result["runs"])
+    assert FakeServer.envs == [admission_ab.SERVER_ENV] * 3
     # distinct ports, spaced for SGLang's port blocks; memory split so all three fit
     assert sorted(set(fake_servers)) == ["http://127.0.0.1:30000", "http://127.0.0.1:30100",
                                           "http://127.0.0.1:30200"]

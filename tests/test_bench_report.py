@@ -188,7 +188,7 @@ def test_a_server_dying_mid_matrix_is_recorded_and_the_matrix_goes_on(tmp_path, 
         """'plain' dies after its warm-up (its /metrics refused); 'atom' answers."""
         url = "http://127.0.0.1:9"
 
-        def __init__(self, args, log_path, port=30000):
+        def __init__(self, args, log_path, port=30000, env=None):
             self.dies = "atom" not in args
             with open(log_path, "w") as f:
                 f.write("Scheduler hit an exception: ...\n" if self.dies else "ok\n")
