@@ -195,6 +195,9 @@ def counter_delta(before: dict, after: dict, name: str, by: tuple[str, ...] = ("
 # model needs what a pass costs in served traffic; probes alone did not tell (NOTES-admission).
 FORWARD_SECONDS = "sglang:forward_execution_seconds_total"
 FORWARD_PASSES = "sglang:cuda_graph_passes_total"
+# tokens by mode (prefill_compute, decode, ...) and by how many DP ranks prefilled in that pass:
+# how aligned prefill was, for plain SGLang too (sglang-atom's own metrics exist only with atom)
+COOPERATION_TOKENS = "sglang:dp_cooperation_realtime_tokens_total"
 SERVER_ENV = {"SGLANG_ENABLE_METRICS_DEVICE_TIMER": "1"}
 
 
@@ -346,7 +349,9 @@ def run_cell(args, server: Server, name: str, label: str, startup: float, cell: 
            "stalled_passes": histogram_above(before, after, PASS_INTERVAL, STALL_SECONDS),
            # per DP rank ("dp_rank:category", "dp_rank:mode"), every config
            "gpu_forward_s": counter_delta(before, after, FORWARD_SECONDS, ("dp_rank", "category")),
-           "forward_passes": counter_delta(before, after, FORWARD_PASSES, ("dp_rank", "mode"))}
+           "forward_passes": counter_delta(before, after, FORWARD_PASSES, ("dp_rank", "mode")),
+           "tokens_by_prefill_ranks": counter_delta(before, after, COOPERATION_TOKENS,
+                                                    ("dp_rank", "mode", "num_prefill_ranks"))}
     if slot is not None:
         row["slot"] = slot  # its place in the cell's server order (interleaved A/B)
     if rep < 0:

@@ -124,7 +124,7 @@ def test_interleaved_servers_run_side_by_side_and_take_turns(tmp_path, fake_serv
     assert "delayer log" in result["failed_configs"]["delayer"]
     assert result["interleaved"] is True
     # every server times its forward passes on the GPU (SGLang's device timer)
-    assert all(r.get("gpu_forward_s") == {} for r in result["runs"])
+    assert all(r["gpu_forward_s"] == r["tokens_by_prefill_ranks"] == {} for r in result["runs"])
     assert FakeServer.envs == [admission_ab.SERVER_ENV] * 3
     # distinct ports, spaced for SGLang's port blocks; memory split so all three fit
     assert sorted(set(fake_servers)) == ["http://127.0.0.1:30000", "http://127.0.0.1:30100",
