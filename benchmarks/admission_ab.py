@@ -31,14 +31,15 @@ import importlib.util
 import os
 import re
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from serve_smoke import BASE_FLAGS  # noqa: E402
 import report  # noqa: E402
 from serving import (  # noqa: E402
-    SERVER_PORT_STRIDE, WORKLOADS, Server, Workload, load, model_config, provenance, record_json, scrape,
-    shared_mem_fractions, summarize)
+    SERVER_PORT_STRIDE, SHIPPED_MOE_CONFIGS, WORKLOADS, Server, Workload, load, model_config, moe_config_dir,
+    provenance, record_json, scrape, shared_mem_fractions, summarize)
 
 CONFIGS = {
     "plain": [],
@@ -245,6 +246,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="start every config's server at once on the same GPUs and run each cell on "
                          "all of them in rotated order, so config and time are not confounded "
                          "(--no-interleave: one server after another)")
+    ap.add_argument("--moe-configs", default="sglang",
+                    help="Triton fused-MoE kernel configs for every server: `sglang` (SGLang's own; "
+                         "bf16 DeepSeek-V3 widths then run its untuned default) or a directory "
+                         "written by moe_tune.py laid over SGLang's own (`shipped`: "
+                         "benchmarks/moe_configs)")
     ap.add_argument("--shared-mem-fraction", type=float, default=0.25,
                     help="with --interleave: the share of GPU memory each server holds (weights + "
                          "KV pool); --mem-fraction-static in --extra is refused with it")
@@ -282,7 +288,7 @@ def start(args, name: str, label: str, base: list[str], stack: contextlib.ExitSt
     start-up seconds."""
     flags = base + CONFIGS[name] + (["--mem-fraction-static", str(mem_fraction)] if mem_fraction else [])
     server = stack.enter_context(Server(flags, os.path.join(args.out, f"server_{label}.log"), port=port,
-                                        env=SERVER_ENV))
+                                        env=args.server_env))
     startup = server.wait_ready()
     # Warm-up: one wave per workload and concurrency, so the batch shapes the runs hit are
     # compiled before timing (Triton kernels compile per shape bucket; a warm-up at the top
@@ -451,7 +457,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     t0 = time.time()
-    result = {**provenance(), "runs": [], "skipped": [], "interleaved": args.interleave}
+    result = {**provenance(), "runs": [], "skipped": [], "interleaved": args.interleave,
+              "moe_configs": args.moe_configs}
+    args.server_env = dict(SERVER_ENV)
+    if args.moe_configs != "sglang":
+        overlay = SHIPPED_MOE_CONFIGS if args.moe_configs == "shipped" else args.moe_configs
+        args.server_env["SGLANG_MOE_CONFIG_DIR"] = moe_config_dir(overlay, tempfile.mkdtemp(prefix="moe-configs-"))
     base = ["--model-path", args.model, "--tp", str(args.tp), "--dp", str(args.dp),
             "--enable-dp-attention", "--enable-metrics",
             *[f for f in BASE_FLAGS if not (args.cuda_graph and f == "--disable-cuda-graph")],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import importlib.util
 import json
 import os
 import random
@@ -88,6 +89,54 @@ def ensure_port_free(port: int) -> None:
         except OSError:
             raise RuntimeError(f"port {port} is in use: stop the process on it (a server left "
                                f"from an earlier run?) or choose another --port") from None
+
+
+# Tuned Triton fused-MoE configs for the shipped bf16 models (benchmarks/moe_tune.py), for
+# which SGLang 0.5.17 has none; see benchmarks/results/NOTES-moe-configs.md.
+SHIPPED_MOE_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "moe_configs")
+
+
+def sglang_moe_configs() -> str:
+    """SGLang's own Triton fused-MoE config directory (its `configs/triton_*/`), found without
+    importing SGLang (which would import torch in the client)."""
+    spec = importlib.util.find_spec("sglang")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("sglang is not installed here; --moe-configs needs its config files")
+    path = os.path.join(spec.submodule_search_locations[0], "srt", "layers", "moe", "moe_runner",
+                        "triton_utils", "configs")
+    if not os.path.isdir(path):
+        raise RuntimeError(f"SGLang's MoE config directory is not at {path}: this SGLang is not 0.5.17's layout")
+    return path
+
+
+def moe_config_dir(overlay: str, dest: str, stock: str | None = None) -> str:
+    """A directory for SGLANG_MOE_CONFIG_DIR: SGLang reads kernel configs from that one directory
+    only (DIR/configs/triton_<version>/), so link in all of SGLang's own and lay the files under
+    `overlay`/configs on top. Returns `dest`."""
+    stock = stock or sglang_moe_configs()
+    if not os.path.isdir(os.path.join(overlay, "configs")):
+        raise RuntimeError(f"{overlay} has no configs/ directory (write one with benchmarks/moe_tune.py)")
+    configs = os.path.join(dest, "configs")
+    os.makedirs(configs, exist_ok=True)
+    for entry in os.listdir(stock):
+        src, dst = os.path.join(stock, entry), os.path.join(configs, entry)
+        if os.path.isdir(src) and entry.startswith("triton_"):
+            os.makedirs(dst, exist_ok=True)
+            for name in os.listdir(src):
+                if not os.path.lexists(os.path.join(dst, name)):
+                    os.symlink(os.path.join(src, name), os.path.join(dst, name))
+        elif not os.path.lexists(dst):
+            os.symlink(src, dst)
+    for version in os.listdir(os.path.join(overlay, "configs")):
+        folder = os.path.join(configs, version)
+        os.makedirs(folder, exist_ok=True)
+        for name in os.listdir(os.path.join(overlay, "configs", version)):
+            target = os.path.join(folder, name)
+            if os.path.lexists(target):
+                os.remove(target)
+            with open(os.path.join(overlay, "configs", version, name)) as src, open(target, "w") as out:
+                out.write(src.read())
+    return dest
 
 
 class Server:

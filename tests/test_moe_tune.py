@@ -1,0 +1,108 @@
+"""The MoE config tuner's pure parts, and the tuned files read back by SGLang 0.5.17's own loader
+through the directory the benchmarks hand servers (SGLANG_MOE_CONFIG_DIR)."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+import admission_ab  # noqa: E402
+import moe_tune  # noqa: E402
+import serving  # noqa: E402
+
+KEYS = {"BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages"}
+
+
+def test_search_space_has_small_tiles_for_decode_and_large_for_prefill():
+    small, large = moe_tune.search_space(64), moe_tune.search_space(8192)
+    for space in (small, large):
+        assert all(set(c) == KEYS for c in space)
+        assert len({tuple(sorted(c.items())) for c in space}) == len(space)
+    assert max(c["BLOCK_SIZE_M"] for c in small) <= 64 < max(c["BLOCK_SIZE_M"] for c in large)
+    assert min(c["BLOCK_SIZE_M"] for c in large) >= 64
+    assert moe_tune.search_space(moe_tune.SMALL_M) == small
+    assert moe_tune.search_space(moe_tune.SMALL_M + 1) == large
+
+
+def test_best_config_is_the_fastest():
+    a, b, c = ({"BLOCK_SIZE_M": m} for m in (16, 32, 64))
+    assert moe_tune.best_config([(a, 2.0), (b, 0.5), (c, 1.0)]) == (b, 0.5)
+
+
+@pytest.fixture
+def sglang_loader(monkeypatch):
+    """SGLang's real get_moe_configs, naming files for an H200 (the CPU has no GPU name)."""
+    from sglang.srt.layers.moe.moe_runner.triton_utils import fused_moe_triton_config as cfg
+
+    monkeypatch.setattr(cfg, "get_device_name", lambda: "NVIDIA H200")
+    from sglang.srt.runtime_context import reset_context
+
+    moe_tune.publish_server_args(str(REPO / "models" / "deepseek-v3-width"), device="cpu")
+    cfg.get_moe_configs.cache_clear()
+    yield cfg
+    cfg.get_moe_configs.cache_clear()
+    reset_context()
+
+
+def test_sglang_reads_tuned_tables_laid_over_its_own(tmp_path, monkeypatch, sglang_loader):
+    import triton
+
+    cfg = sglang_loader
+    table = {1: moe_tune.search_space(1)[0], 8192: moe_tune.search_space(8192)[5]}
+    name = cfg.get_config_file_name(257, 512, None)
+    assert name == "E=257,N=512,device_name=NVIDIA_H200.json"
+    path = moe_tune.write_config_table(str(tmp_path / "tuned"), triton.__version__, name, table)
+    assert json.loads(Path(path).read_text()) == {str(m): c for m, c in table.items()}
+
+    # without the tuned files SGLang has nothing for bf16 E=257 on H200 and uses its default
+    assert cfg.get_moe_configs(257, 512, None) is None
+    stock_qwen = cfg.get_moe_configs(128, 384, None)
+    assert stock_qwen  # Qwen3-235B widths at TP4: SGLang's own (Triton 3.2.0's directory)
+
+    merged = serving.moe_config_dir(str(tmp_path / "tuned"), str(tmp_path / "merged"))
+    monkeypatch.setenv("SGLANG_MOE_CONFIG_DIR", merged)
+    cfg.get_moe_configs.cache_clear()
+    assert cfg.get_moe_configs(257, 512, None) == table
+    assert cfg.get_moe_configs(128, 384, None) == stock_qwen  # SGLang's own still found
+    # SGLang's own files are linked, not copied
+    version_dir = Path(merged, "configs", "triton_" + triton.__version__.replace(".", "_"))
+    assert not (version_dir / name).is_symlink()
+    assert any(p.is_symlink() for p in version_dir.iterdir())
+
+
+def test_moe_config_dir_refuses_a_directory_without_configs(tmp_path):
+    with pytest.raises(RuntimeError, match="no configs/ directory"):
+        serving.moe_config_dir(str(tmp_path), str(tmp_path / "merged"))
+
+
+def test_shipped_tables_are_in_sglang_format():
+    root = Path(serving.SHIPPED_MOE_CONFIGS, "configs")
+    files = list(root.glob("triton_*/*.json"))
+    assert files, "benchmarks/moe_configs holds no tuned tables"
+    for f in files:
+        table = json.loads(f.read_text())
+        assert all(int(m) > 0 and set(c) == KEYS for m, c in table.items()), f
+
+
+def test_admission_ab_hands_every_server_the_tuned_configs(tmp_path, monkeypatch):
+    envs = []
+
+    class Recorder:
+        def __init__(self, args, log_path, port=30000, env=None):
+            envs.append(env)
+            Path(log_path).write_text("not started\n")
+            raise RuntimeError("not started in this test")
+
+    monkeypatch.setattr(admission_ab, "Server", Recorder)
+    assert admission_ab.main(["--configs", "plain,atom", "--moe-configs", "shipped", "--concurrency", "4",
+                              "--repeats", "1", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "ab.json").read_text())
+    assert result["moe_configs"] == "shipped"
+    assert len(envs) == 2 and envs[0] == envs[1]
+    config_dir = envs[0]["SGLANG_MOE_CONFIG_DIR"]
+    assert os.path.isdir(os.path.join(config_dir, "configs"))
+    assert envs[0]["SGLANG_ENABLE_METRICS_DEVICE_TIMER"] == "1"
