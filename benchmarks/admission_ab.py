@@ -31,14 +31,13 @@ import importlib.util
 import os
 import re
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from serve_smoke import BASE_FLAGS  # noqa: E402
 import report  # noqa: E402
 from serving import (  # noqa: E402
-    SERVER_PORT_STRIDE, SHIPPED_MOE_CONFIGS, WORKLOADS, Server, Workload, load, model_config, moe_config_dir,
+    MOE_CONFIGS_HELP, SERVER_PORT_STRIDE, WORKLOADS, Server, Workload, load, model_config, moe_configs_env,
     provenance, record_json, scrape, shared_mem_fractions, summarize)
 
 CONFIGS = {
@@ -119,6 +118,8 @@ def missing_packages(config: str) -> list[str]:
     return [m for m in needed if importlib.util.find_spec(m) is None]
 
 
+# The DeepSeek-V3-width scenarios run the kernel configs tuned for its bf16 experts
+# (benchmarks/moe_configs): SGLang 0.5.17 has none for them, while the real model (FP8) has its own.
 SCENARIOS = {
     # Interleaved: sequential servers confounded config with order and session (see run_interleaved)
     "admission-dp4": dict(model="models/qwen3-moe-tiny", tp=4, dp=4, workloads="short,8k1k",
@@ -132,7 +133,7 @@ SCENARIOS = {
     "admission-dp4-dsv3": dict(model="models/deepseek-v3-width", tp=4, dp=4, workloads="short,8k1k",
                                configs="plain,plain_chunk32k,atom", concurrency="64,128,256", repeats=2,
                                cuda_graph=True, interleave=True, shared_mem_fraction=0.2,
-                               extra="--cuda-graph-max-bs 128"),
+                               extra="--cuda-graph-max-bs 128", moe_configs="shipped"),
     "inferencex-dp4": dict(model="models/qwen3-moe-tiny", tp=4, dp=4, workloads="1k1k,8k1k",
                            configs="plain,delayer,atom,atom_tbo,deepep_normal",
                            concurrency="64,128,256,512", repeats=2, cuda_graph=True),
@@ -141,7 +142,7 @@ SCENARIOS = {
     "inferencex-dp4-dsv3": dict(model="models/deepseek-v3-width", tp=4, dp=4, workloads="1k1k,8k1k",
                                 configs="plain,atom,atom_tbo,deepep_tbo_normal",
                                 concurrency="64,128,256", repeats=2, cuda_graph=True,
-                                extra="--attention-backend flashinfer"),
+                                extra="--attention-backend flashinfer", moe_configs="shipped"),
     "inferencex-dp8": dict(model="models/qwen3-moe-tiny", tp=8, dp=8, workloads="1k1k,8k1k",
                            configs="plain,delayer,atom,atom_tbo", concurrency="64,128,256,512", repeats=2,
                            cuda_graph=True),
@@ -246,11 +247,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="start every config's server at once on the same GPUs and run each cell on "
                          "all of them in rotated order, so config and time are not confounded "
                          "(--no-interleave: one server after another)")
-    ap.add_argument("--moe-configs", default="sglang",
-                    help="Triton fused-MoE kernel configs for every server: `sglang` (SGLang's own; "
-                         "bf16 DeepSeek-V3 widths then run its untuned default) or a directory "
-                         "written by moe_tune.py laid over SGLang's own (`shipped`: "
-                         "benchmarks/moe_configs)")
+    ap.add_argument("--moe-configs", default="sglang", help=MOE_CONFIGS_HELP)
     ap.add_argument("--shared-mem-fraction", type=float, default=0.25,
                     help="with --interleave: the share of GPU memory each server holds (weights + "
                          "KV pool); --mem-fraction-static in --extra is refused with it")
@@ -261,6 +258,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def log_tail(path: str, chars: int = 3000) -> str:
+    """The end of a server's log; a server refused before it started (its port taken) has none."""
+    if not os.path.exists(path):
+        return "(no server log: the server was not started)"
     with open(path) as f:
         return f.read()[-chars:]
 
@@ -459,10 +459,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     result = {**provenance(), "runs": [], "skipped": [], "interleaved": args.interleave,
               "moe_configs": args.moe_configs}
-    args.server_env = dict(SERVER_ENV)
-    if args.moe_configs != "sglang":
-        overlay = SHIPPED_MOE_CONFIGS if args.moe_configs == "shipped" else args.moe_configs
-        args.server_env["SGLANG_MOE_CONFIG_DIR"] = moe_config_dir(overlay, tempfile.mkdtemp(prefix="moe-configs-"))
+    args.server_env = {**SERVER_ENV, **moe_configs_env(args.moe_configs)}
     base = ["--model-path", args.model, "--tp", str(args.tp), "--dp", str(args.dp),
             "--enable-dp-attention", "--enable-metrics",
             *[f for f in BASE_FLAGS if not (args.cuda_graph and f == "--disable-cuda-graph")],

@@ -20,6 +20,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -137,6 +138,19 @@ def moe_config_dir(overlay: str, dest: str, stock: str | None = None) -> str:
             with open(os.path.join(overlay, "configs", version, name)) as src, open(target, "w") as out:
                 out.write(src.read())
     return dest
+
+
+MOE_CONFIGS_HELP = ("Triton fused-MoE kernel configs for every server: `sglang` (SGLang's own; bf16 "
+                    "DeepSeek-V3 widths then run its untuned default), `shipped` (benchmarks/moe_configs, "
+                    "from moe_tune.py, laid over SGLang's own) or another directory moe_tune.py wrote")
+
+
+def moe_configs_env(choice: str) -> dict:
+    """The environment that gives a server the MoE kernel configs `choice` names (MOE_CONFIGS_HELP)."""
+    if choice == "sglang":
+        return {}
+    overlay = SHIPPED_MOE_CONFIGS if choice == "shipped" else choice
+    return {"SGLANG_MOE_CONFIG_DIR": moe_config_dir(overlay, tempfile.mkdtemp(prefix="moe-configs-"))}
 
 
 class Server:

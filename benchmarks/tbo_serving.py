@@ -56,7 +56,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import random_checkpoint  # noqa: E402
 import trace_summary  # noqa: E402
 from serve_smoke import BASE_FLAGS  # noqa: E402
-from serving import Server, model_config, post_json, provenance, record_json, scrape  # noqa: E402
+from serving import (  # noqa: E402
+    MOE_CONFIGS_HELP, Server, model_config, moe_configs_env, post_json, provenance, record_json, scrape)
 from sglang_atom.validation import MLA_ARCHITECTURES  # noqa: E402
 
 SPLIT = re.compile(r'sglang:atom_tbo_prefill_passes_total\{split="(yes|no)"\} ([0-9.e+]+)')
@@ -124,7 +125,7 @@ def serving(args, out: dict, model_name: str, tbo_comm: str | None, flags: list[
     """One server of a with/without set; records its start-up time and split prefill passes."""
     label = f"{model_name}-{'tbo-' + tbo_comm if tbo_comm else 'plain'}"
     print(f"== {label}: starting", flush=True)
-    with Server(flags, os.path.join(args.out, f"server_{label}.log")) as server:
+    with Server(flags, os.path.join(args.out, f"server_{label}.log"), env=args.server_env) as server:
         startup = server.wait_ready(args.start_timeout)
         before = splits(server)
         yield server, label
@@ -371,10 +372,12 @@ def main() -> int:
     ap.add_argument("--start-timeout", type=float, default=400)
     ap.add_argument("--server-args", default="",
                     help="more flags for every server, e.g. '--watchdog-timeout 60' so a hang dumps stacks")
+    ap.add_argument("--moe-configs", default="sglang", help=MOE_CONFIGS_HELP)
     args = ap.parse_args()
     SERVER_EXTRA[:] = args.server_args.split()
+    args.server_env = moe_configs_env(args.moe_configs)
     os.makedirs(args.out, exist_ok=True)
-    out = provenance()
+    out = {**provenance(), "moe_configs": args.moe_configs}
     try:
         {"check": check, "perf": perf, "profile": profile}[args.mode](args, out)
     finally:

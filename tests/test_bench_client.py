@@ -256,9 +256,12 @@ class _FakeServer:
     passes = 0.0
     started: list[list[str]] = []
 
-    def __init__(self, flags, log_path, **kwargs):
+    envs: list = []
+
+    def __init__(self, flags, log_path, env=None):
         self.flags, self.url = flags, "http://fake"
         _FakeServer.started.append(list(flags))
+        _FakeServer.envs.append(env)
 
     def __enter__(self):
         return self
@@ -303,7 +306,7 @@ def test_check_runs_the_wrong_prefix_control_and_compares_only_the_second_half(t
     monkeypatch.setattr(tbo_serving, "model_config", lambda model: {"vocab_size": 1000})
     monkeypatch.setattr(tbo_serving.random_checkpoint, "write", lambda model, path: path)
     args = argparse.Namespace(out=str(tmp_path), models="models/qwen3-moe-check", dp=2, tbo_comm="nccl",
-                              start_timeout=10)
+                              start_timeout=10, server_env={})
     out = {}
     tbo_serving.check(args, out)
     rows = out["models"]["qwen3-moe-check"]
@@ -337,11 +340,12 @@ def test_perf_records_passes_per_wave_and_the_aligned_speedup(tmp_path, monkeypa
     monkeypatch.setattr(tbo_serving, "model_config", lambda model: {})
     args = argparse.Namespace(out=str(tmp_path), models="models/qwen3-235b-width", dp=2, tokens="64",
                               prompts_per_rank=4, warmup=1, repeats=3, tbo_comm="nccl", skip_plain=False,
-                              start_timeout=10, cuda_graph=False)
+                              start_timeout=10, cuda_graph=False, server_env={"SGLANG_MOE_CONFIG_DIR": "d"})
     out = {}
-    _FakeServer.started = []
+    _FakeServer.started, _FakeServer.envs = [], []
     tbo_serving.perf(args, out)
     plain, tbo = out["runs"]
+    assert _FakeServer.envs == [{"SGLANG_MOE_CONFIG_DIR": "d"}] * 2  # --moe-configs reaches both servers
     # perf measures the split itself: the TBO server splits every pass, whatever the model's
     # derived split size; the plain server has no such flag
     plain_flags, tbo_flags = _FakeServer.started
@@ -393,7 +397,7 @@ def test_profile_summarizes_gpu_and_host_time_of_each_servers_trace(tmp_path, mo
                         lambda url, prompts, max_new, logprobs: waves.append(len(prompts)) or [])
     args = argparse.Namespace(out=str(tmp_path), models="models/qwen3-moe-tiny", dp=2, tokens="4096",
                               warmup=1, tbo_comm="nccl", skip_plain=False, start_timeout=10,
-                              cuda_graph=False, prompts_per_rank=3)
+                              cuda_graph=False, prompts_per_rank=3, server_env={})
     out = {}
     tbo_serving.profile(args, out)
     assert sorted(out["profiles"]) == ["qwen3-moe-tiny-plain", "qwen3-moe-tiny-tbo-nccl"]

@@ -106,3 +106,30 @@ def test_admission_ab_hands_every_server_the_tuned_configs(tmp_path, monkeypatch
     config_dir = envs[0]["SGLANG_MOE_CONFIG_DIR"]
     assert os.path.isdir(os.path.join(config_dir, "configs"))
     assert envs[0]["SGLANG_ENABLE_METRICS_DEVICE_TIMER"] == "1"
+
+
+def test_a_server_refused_before_it_starts_is_recorded(tmp_path, monkeypatch):
+    """A port still taken stops a server before its log exists (seen on 1xH200, 2026-11-23);
+    the matrix records that and goes on instead of failing on the missing log."""
+
+    class PortTaken:
+        def __init__(self, args, log_path, port=30000, env=None):
+            pass
+
+        def __enter__(self):
+            raise RuntimeError("port 30000 is in use")
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(admission_ab, "Server", PortTaken)
+    assert admission_ab.main(["--configs", "plain", "--concurrency", "4", "--repeats", "1",
+                              "--out", str(tmp_path)]) == 0
+    failed = json.loads((tmp_path / "ab.json").read_text())["failed_configs"]["plain"]
+    assert "port 30000 is in use" in failed and "no server log" in failed
+
+
+def test_deepseek_scenarios_run_the_tuned_configs():
+    for name, scenario in admission_ab.SCENARIOS.items():
+        deepseek = "deepseek" in scenario["model"]
+        assert (scenario.get("moe_configs") == "shipped") == deepseek, name
