@@ -132,6 +132,7 @@ def test_the_hook_and_what_it_reads_are_checked_symbols():
     hook = (symbols.HTTP_SERVER_TARGET, routing_compat.before_http_server, HookType.BEFORE)
     assert hook in runtime.runtime_hooks(launcher=True)
     assert symbols.HTTP_SERVER_READS == ("sglang.srt.entrypoints.http_server.app",
+                                         "sglang.srt.entrypoints.http_server.uvicorn",
                                          "sglang.srt.managers.io_struct.GenerateReqInput.routed_dp_rank")
     assert symbols.missing([symbols.HTTP_SERVER_TARGET, *symbols.HTTP_SERVER_READS]) == []
 
@@ -178,3 +179,61 @@ def test_an_sglang_without_the_hooked_function_or_the_app_stops_the_launcher(nam
     proc = run_python(code)
     assert proc.returncode != 0 and '"ranks"' not in proc.stdout
     assert f"lacks sglang.srt.entrypoints.http_server.{name}" in proc.stderr, proc.stderr[-3000:]
+
+
+# The launcher with several HTTP workers, up to SGLang's uvicorn.run (which would start them); it
+# prints the app name and worker count uvicorn was given.
+LAUNCH_WORKERS = """
+import json, sys, uvicorn
+from sglang.srt.plugins import load_plugins
+load_plugins()
+from sglang.srt.server_args import prepare_server_args
+server_args = prepare_server_args(json.loads(sys.argv[1]) if len(sys.argv) > 1 else ARGV)
+from sglang.srt.entrypoints import http_server
+class Manager:
+    startup_time = 0.0
+    class socket_mapping:
+        @staticmethod
+        def clear_all_sockets():
+            pass
+seen = {}
+def run(app, **kwargs):
+    seen.update(app=app, workers=kwargs.get("workers"))
+uvicorn.run = run
+http_server._setup_and_run_http_server(server_args, Manager(), None, None, [{}], None)
+print(json.dumps(seen))
+"""
+
+# One HTTP worker as uvicorn starts it: a fresh interpreter, no plugins loaded, importing the app
+# by the name it was given; requests through a TestClient on that app.
+WORKER = """
+import json, sys
+from fastapi.testclient import TestClient
+from uvicorn.importer import import_from_string
+app = import_from_string(APP)
+from sglang.srt.entrypoints import http_server
+ranks = []
+class Manager:
+    def generate_request(self, obj, request):
+        ranks.append(obj.routed_dp_rank)
+        async def one():
+            yield {"text": ""}
+        return one()
+http_server.set_global_state(http_server._GlobalState(tokenizer_manager=Manager(), template_manager=None,
+                                                      scheduler_info={}))
+client = TestClient(app)
+for body in ({"input_ids": [1], "data_parallel_rank": 1}, {"input_ids": [1], "routed_dp_rank": 0}):
+    client.post("/generate", json=body).raise_for_status()
+print(json.dumps({"ranks": ranks}))
+"""
+
+
+@pytest.mark.parametrize("backend, app, ranks", [
+    ("atom", routing_compat.WORKER_APP, [1, 0]),
+    ("sglang", routing_compat.SGLANG_APP, [None, 0])])
+def test_http_workers_of_tokenizer_worker_num_honour_the_rank_with_backend_atom(backend, app, ranks):
+    args = LAUNCHER_ARGS + ["--backend", backend, "--tokenizer-worker-num", "2"]
+    proc = run_python(LAUNCH_WORKERS.replace("ARGV", repr(args)))
+    assert last_json(proc) == {"app": app, "workers": 2}, proc.stderr[-3000:]
+    worker = run_python(WORKER.replace("APP", repr(app)))
+    assert last_json(worker) == {"ranks": ranks}, worker.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""/generate honours sglang-router's `data_parallel_rank` as `routed_dp_rank` (launcher only).
+"""/generate honours sglang-router's `data_parallel_rank` as `routed_dp_rank` (launcher and HTTP workers).
 
 sglang-router 0.3.2 with --dp-aware pins each request to a DP rank by adding `data_parallel_rank`
 to its JSON body. SGLang 0.5.17 renamed that field `routed_dp_rank`: its OpenAI request models
@@ -71,14 +71,34 @@ def aliased(body: bytes) -> bytes | None:
     return json.dumps(request).encode()
 
 
+SGLANG_APP = "sglang.srt.entrypoints.http_server:app"
+WORKER_APP = "sglang_atom.integration.http_worker_app:app"
+
+
+class WorkerAppUvicorn:
+    """Stands in for the uvicorn module in SGLang's http_server: a multi-worker run imports
+    WORKER_APP (SGLang's app with the alias) where SGLang names its own app; all else is uvicorn."""
+
+    def __init__(self, uvicorn):
+        self.uvicorn = uvicorn
+
+    def __getattr__(self, name):
+        return getattr(self.uvicorn, name)
+
+    def run(self, app, *args, **kwargs):
+        return self.uvicorn.run(WORKER_APP if app == SGLANG_APP else app, *args, **kwargs)
+
+
 def before_http_server(server_args, *args, **kwargs):
     """BEFORE SGLang's `_setup_and_run_http_server`: the app has not started serving yet."""
-    from sglang.srt.entrypoints.http_server import app
+    from sglang.srt.entrypoints import http_server
 
-    app.add_middleware(DataParallelRankAlias)
+    http_server.app.add_middleware(DataParallelRankAlias)
     if server_args.tokenizer_worker_num > 1:
-        # Those HTTP workers import the app afresh in processes that do not load plugins.
-        logger.warning(
-            "sglang-atom: with --tokenizer-worker-num > 1, /generate ignores sglang-router's "
-            "data_parallel_rank (SGLang 0.5.17 reads only routed_dp_rank there)."
-        )
+        if server_args.enable_http2:
+            # Granian's workers import SGLang's app by name too, through a call we do not redirect
+            logger.warning(
+                "sglang-atom: with --tokenizer-worker-num > 1 and --enable-http2, /generate ignores "
+                "sglang-router's data_parallel_rank (SGLang 0.5.17 reads only routed_dp_rank there).")
+        elif not isinstance(http_server.uvicorn, WorkerAppUvicorn):
+            http_server.uvicorn = WorkerAppUvicorn(http_server.uvicorn)

@@ -33,10 +33,12 @@ MLP_SYNC_TARGETS = (
 DP_CONTROLLER_TARGET = "sglang.srt.entrypoints.engine.run_data_parallel_controller_process"
 
 # /generate's alias for sglang-router's `data_parallel_rank` (routing_compat.py): the launcher adds
-# it to SGLang's app just before SGLang starts serving that app.
+# it to SGLang's app just before SGLang starts serving that app, and with several HTTP workers
+# points the uvicorn.run of SGLang's http_server at an app module of ours that adds it.
 HTTP_SERVER_TARGET = "sglang.srt.entrypoints.http_server._setup_and_run_http_server"
 HTTP_SERVER_READS = (
     "sglang.srt.entrypoints.http_server.app",
+    "sglang.srt.entrypoints.http_server.uvicorn",
     "sglang.srt.managers.io_struct.GenerateReqInput.routed_dp_rank",
 )
 
