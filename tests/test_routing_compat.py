@@ -139,28 +139,35 @@ def test_the_hook_and_what_it_reads_are_checked_symbols():
 
 LAUNCHER_ARGS = ["--model-path", QWEN, *CPU_ARGS, "--tp", "2", "--dp", "2", "--enable-dp-attention"]
 
-# The launcher as `python -m sglang.launch_server` runs it, up to SGLang's own
-# `_setup_and_run_http_server`, whose uvicorn.run sends the requests instead of serving.
-LAUNCH = """
-import json, sys, uvicorn
+# In a subprocess: a stand-in tokenizer manager that records the routed_dp_rank /generate parsed,
+# and requests with the router's field and with SGLang's own through a TestClient on `app`.
+RECORD_RANKS = """
 from fastapi.testclient import TestClient
-from sglang.srt.plugins import load_plugins
-load_plugins()
-from sglang.srt.server_args import prepare_server_args
-server_args = prepare_server_args(json.loads(sys.argv[1]) if len(sys.argv) > 1 else ARGV)
-from sglang.srt.entrypoints import http_server
 ranks = []
 class Manager:
+    startup_time = 0.0
     def generate_request(self, obj, request):
         ranks.append(obj.routed_dp_rank)
         async def one():
             yield {"text": ""}
         return one()
-def run(app, **kwargs):
+def send(app):
     client = TestClient(app)
     for body in ({"input_ids": [1], "data_parallel_rank": 1}, {"input_ids": [1], "routed_dp_rank": 0}):
         client.post("/generate", json=body).raise_for_status()
-uvicorn.run = run
+"""
+
+# The launcher as `python -m sglang.launch_server` runs it, up to SGLang's own
+# `_setup_and_run_http_server`, whose uvicorn.run sends the requests instead of serving.
+LAUNCH = """
+import json, sys, uvicorn
+from sglang.srt.plugins import load_plugins
+load_plugins()
+from sglang.srt.server_args import prepare_server_args
+server_args = prepare_server_args(json.loads(sys.argv[1]) if len(sys.argv) > 1 else ARGV)
+from sglang.srt.entrypoints import http_server
+""" + RECORD_RANKS + """
+uvicorn.run = lambda app, **kwargs: send(app)
 http_server._setup_and_run_http_server(server_args, Manager(), None, None, [{}], None)
 print(json.dumps({"ranks": ranks}))
 """
@@ -190,40 +197,25 @@ load_plugins()
 from sglang.srt.server_args import prepare_server_args
 server_args = prepare_server_args(json.loads(sys.argv[1]) if len(sys.argv) > 1 else ARGV)
 from sglang.srt.entrypoints import http_server
-class Manager:
-    startup_time = 0.0
-    class socket_mapping:
-        @staticmethod
-        def clear_all_sockets():
-            pass
+""" + RECORD_RANKS + """
+Manager.socket_mapping = type("SocketMapping", (), {"clear_all_sockets": staticmethod(lambda: None)})
 seen = {}
-def run(app, **kwargs):
-    seen.update(app=app, workers=kwargs.get("workers"))
-uvicorn.run = run
+uvicorn.run = lambda app, **kwargs: seen.update(app=app, workers=kwargs.get("workers"))
 http_server._setup_and_run_http_server(server_args, Manager(), None, None, [{}], None)
 print(json.dumps(seen))
 """
 
 # One HTTP worker as uvicorn starts it: a fresh interpreter, no plugins loaded, importing the app
-# by the name it was given; requests through a TestClient on that app.
+# by the name it was given.
 WORKER = """
-import json, sys
-from fastapi.testclient import TestClient
+import json
 from uvicorn.importer import import_from_string
 app = import_from_string(APP)
 from sglang.srt.entrypoints import http_server
-ranks = []
-class Manager:
-    def generate_request(self, obj, request):
-        ranks.append(obj.routed_dp_rank)
-        async def one():
-            yield {"text": ""}
-        return one()
+""" + RECORD_RANKS + """
 http_server.set_global_state(http_server._GlobalState(tokenizer_manager=Manager(), template_manager=None,
                                                       scheduler_info={}))
-client = TestClient(app)
-for body in ({"input_ids": [1], "data_parallel_rank": 1}, {"input_ids": [1], "routed_dp_rank": 0}):
-    client.post("/generate", json=body).raise_for_status()
+send(app)
 print(json.dumps({"ranks": ranks}))
 """
 
