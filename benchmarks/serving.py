@@ -10,11 +10,13 @@ Workloads follow InferenceX's "random" dataset: input and output lengths uniform
 from __future__ import annotations
 
 import asyncio
+import atexit
 import datetime
 import importlib.util
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import statistics
@@ -150,7 +152,9 @@ def moe_configs_env(choice: str) -> dict:
     if choice == "sglang":
         return {}
     overlay = SHIPPED_MOE_CONFIGS if choice == "shipped" else choice
-    return {"SGLANG_MOE_CONFIG_DIR": moe_config_dir(overlay, tempfile.mkdtemp(prefix="moe-configs-"))}
+    dest = tempfile.mkdtemp(prefix="moe-configs-")
+    atexit.register(shutil.rmtree, dest, True)  # the servers that read it stop before the client exits
+    return {"SGLANG_MOE_CONFIG_DIR": moe_config_dir(overlay, dest)}
 
 
 class Server:
