@@ -136,9 +136,8 @@ def moe_config_dir(overlay: str, dest: str, stock: str | None = None) -> str:
         for name in os.listdir(os.path.join(overlay, "configs", version)):
             target = os.path.join(folder, name)
             if os.path.lexists(target):
-                os.remove(target)
-            with open(os.path.join(overlay, "configs", version, name)) as src, open(target, "w") as out:
-                out.write(src.read())
+                os.remove(target)  # a link to SGLang's own file: copying through it would overwrite that
+            shutil.copyfile(os.path.join(overlay, "configs", version, name), target)
     return dest
 
 

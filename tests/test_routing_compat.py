@@ -157,16 +157,20 @@ def send(app):
         client.post("/generate", json=body).raise_for_status()
 """
 
-# The launcher as `python -m sglang.launch_server` runs it, up to SGLang's own
-# `_setup_and_run_http_server`, whose uvicorn.run sends the requests instead of serving.
-LAUNCH = """
+# The launcher's start as `python -m sglang.launch_server` runs it: plugins loaded, ARGV parsed
+# (or the JSON list in argv[1]), SGLang's http_server imported, with RECORD_RANKS.
+LAUNCHER_SETUP = """
 import json, sys, uvicorn
 from sglang.srt.plugins import load_plugins
 load_plugins()
 from sglang.srt.server_args import prepare_server_args
 server_args = prepare_server_args(json.loads(sys.argv[1]) if len(sys.argv) > 1 else ARGV)
 from sglang.srt.entrypoints import http_server
-""" + RECORD_RANKS + """
+""" + RECORD_RANKS
+
+# The launcher as `python -m sglang.launch_server` runs it, up to SGLang's own
+# `_setup_and_run_http_server`, whose uvicorn.run sends the requests instead of serving.
+LAUNCH = LAUNCHER_SETUP + """
 uvicorn.run = lambda app, **kwargs: send(app)
 http_server._setup_and_run_http_server(server_args, Manager(), None, None, [{}], None)
 print(json.dumps({"ranks": ranks}))
@@ -190,14 +194,7 @@ def test_an_sglang_without_the_hooked_function_or_the_app_stops_the_launcher(nam
 
 # The launcher with several HTTP workers, up to SGLang's uvicorn.run (which would start them); it
 # prints the app name and worker count uvicorn was given.
-LAUNCH_WORKERS = """
-import json, sys, uvicorn
-from sglang.srt.plugins import load_plugins
-load_plugins()
-from sglang.srt.server_args import prepare_server_args
-server_args = prepare_server_args(json.loads(sys.argv[1]) if len(sys.argv) > 1 else ARGV)
-from sglang.srt.entrypoints import http_server
-""" + RECORD_RANKS + """
+LAUNCH_WORKERS = LAUNCHER_SETUP + """
 Manager.socket_mapping = type("SocketMapping", (), {"clear_all_sockets": staticmethod(lambda: None)})
 seen = {}
 uvicorn.run = lambda app, **kwargs: seen.update(app=app, workers=kwargs.get("workers"))
