@@ -4,8 +4,14 @@
     python3 benchmarks/tbo_layer_bench.py --gpus 2 --device cpu --quick  # gloo, to check it runs
 
 Per rank, T tokens per forward go through L layers of: attention stand-in on local rows (QKV and
-output projections), all_gather of the rows, expert stand-in on all gathered rows (a dense GEMM
-pair with the FLOPs of top-k routed experts TP-sharded over the ranks), reduce_scatter back.
+output projections), all_gather of the rows, experts on all gathered rows, reduce_scatter back.
+--experts picks what runs the experts (each rank holding 1/world of every expert's intermediate
+dim, as SGLang's TP-sharded MoE does):
+
+  dense   a dense GEMM pair with the FLOPs of the top-k routed experts (no shared expert)
+  fused   SGLang's Triton fused MoE, the served CUDA kernel: a router GEMM and top-k on the
+          gathered rows, DeepSeek's shared expert fused as one more expert on every row, kernel
+          configs per --moe-configs (CUDA only)
 It times, with CUDA events on rank 0 (median of --iters):
 
   compute     both micro-batches' compute, no collectives
@@ -41,32 +47,90 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serving import provenance, record_json  # noqa: E402
+from moe_tune import publish_server_args  # noqa: E402
+from serving import MOE_CONFIGS_HELP, moe_configs_env, provenance, record_json  # noqa: E402
 from sglang_atom.tbo.overlap import (  # noqa: E402
     make_transport, micro_batch_program, nccl_group, run_interleaved)
 from sglang_atom.tbo.split import micro_batch_rows  # noqa: E402
 
 SHAPES = {
-    # name: hidden, moe_intermediate, top_k, attention heads x head_dim, kv heads
-    "deepseek-v3-width": dict(hidden=7168, inter=2048, top_k=8, q_dim=128 * 128, kv_dim=2 * 512),
-    "qwen3-235b-width": dict(hidden=4096, inter=1536, top_k=8, q_dim=64 * 128, kv_dim=2 * 4 * 128),
+    # name (a directory under models/): hidden, moe_intermediate, top_k, routed and shared
+    # experts, attention heads x head_dim, kv heads
+    "deepseek-v3-width": dict(hidden=7168, inter=2048, top_k=8, experts=256, shared=1,
+                              q_dim=128 * 128, kv_dim=2 * 512),
+    "qwen3-235b-width": dict(hidden=4096, inter=1536, top_k=8, experts=128, shared=0,
+                             q_dim=64 * 128, kv_dim=2 * 4 * 128),
 }
+EXPERT_KINDS = ("dense", "fused")
+
+
+class DenseExperts:
+    """A dense GEMM pair with the FLOPs of the top-k routed experts' share on this rank."""
+
+    kind = "dense"
+
+    def __init__(self, shape, world, device, dtype):
+        inner = max(1, shape["top_k"] * shape["inter"] // world)
+        g = torch.Generator(device="cpu").manual_seed(0)
+        rnd = lambda *s: (torch.randn(*s, generator=g) / s[0] ** 0.5).to(device, dtype)  # noqa: E731
+        self.w_up = rnd(shape["hidden"], 2 * inner)
+        self.w_down = rnd(inner, shape["hidden"])
+
+    def __call__(self, gathered):
+        gate, up = (gathered @ self.w_up).chunk(2, dim=-1)
+        return (torch.nn.functional.silu(gate) * up) @ self.w_down
+
+
+class FusedExperts:
+    """SGLang's Triton fused MoE over this rank's shard of every expert. Routing comes from a
+    router GEMM on each row, so a row goes to the same experts whichever micro-batch carries it
+    (the overlapped-vs-serial check relies on that), spread over all experts as a real model's."""
+
+    kind = "fused"
+
+    def __init__(self, shape, world, device, dtype):
+        from sglang.srt.layers.moe.moe_runner.base import MoeRunnerConfig
+
+        h, inner, total = shape["hidden"], max(1, shape["inter"] // world), shape["experts"] + shape["shared"]
+        g = torch.Generator(device=device).manual_seed(0)  # the same weights on every rank
+        self.w_router = torch.randn(h, shape["experts"], generator=g, device=device, dtype=dtype) / h ** 0.5
+        self.w1 = torch.randn(total, 2 * inner, h, generator=g, device=device, dtype=dtype) / h ** 0.5
+        self.w2 = torch.randn(total, h, inner, generator=g, device=device, dtype=dtype) / inner ** 0.5
+        self.top_k, self.shared, self.routed = shape["top_k"], shape["shared"], shape["experts"]
+        self.runner = MoeRunnerConfig(num_experts=total, num_local_experts=total, inplace=False)
+
+    def __call__(self, gathered):
+        from sglang.srt.layers.moe.moe_runner.triton_utils import fused_experts
+        from sglang.srt.layers.moe.topk import StandardTopKOutput
+
+        logits = gathered @ self.w_router
+        weights, ids = torch.softmax(logits.float(), dim=-1).topk(self.top_k, dim=-1)
+        ids = ids.to(torch.int32)
+        if self.shared:  # SGLang's shared-expert fusion: one more expert, weight 1, on every row
+            rows = gathered.shape[0]
+            ids = torch.cat([ids, torch.full((rows, 1), self.routed, device=ids.device, dtype=ids.dtype)], 1)
+            weights = torch.cat([weights, torch.ones(rows, 1, device=ids.device)], 1)
+        return fused_experts(gathered, self.w1, self.w2, StandardTopKOutput(weights, ids, logits), self.runner)
+
+
+def make_experts(kind, shape, world, device, dtype):
+    return {"dense": DenseExperts, "fused": FusedExperts}[kind](shape, world, device, dtype)
 
 
 class StandInOps:
-    """Compute of one layer with the FLOPs of the real model's attention projections and experts."""
+    """Compute of one layer: the FLOPs of the real model's attention projections, and `experts`
+    (DenseExperts or FusedExperts, shared by the instances of one cell)."""
 
-    def __init__(self, shape, world, rank, tokens, device, dtype):
-        h, i, k = shape["hidden"], shape["inter"], shape["top_k"]
-        inner = max(1, k * i // world)  # each rank holds 1/world of every expert's intermediate dim
+    def __init__(self, shape, rank, tokens, device, dtype, experts):
+        h = shape["hidden"]
         g = torch.Generator(device="cpu").manual_seed(0)
         rnd = lambda *s: (torch.randn(*s, generator=g) / s[0] ** 0.5).to(device, dtype)  # noqa: E731
         self.w_qkv = rnd(h, shape["q_dim"] + shape["kv_dim"])
         self.w_o = rnd(shape["q_dim"], h)
-        self.w_up = rnd(h, 2 * inner)
-        self.w_down = rnd(inner, h)
+        self.expert_fn = experts
         g.manual_seed(1000 + rank)  # rows differ per rank
         self.x = {mb: rnd(t, h) for mb, t in enumerate(tokens)}
         self.q_dim = shape["q_dim"]
@@ -76,8 +140,7 @@ class StandInOps:
         return qkv[:, : self.q_dim] @ self.w_o
 
     def experts(self, mb, layer, gathered):
-        gate, up = (gathered @ self.w_up).chunk(2, dim=-1)
-        return (torch.nn.functional.silu(gate) * up) @ self.w_down
+        return self.expert_fn(gathered)
 
     def combine(self, mb, layer, local):
         self.x[mb] = self.x[mb] + local
@@ -105,13 +168,13 @@ def timed(fn, device, iters):
     return statistics.median(times)
 
 
-def check(comm_kind, group, shape, world, rank, device, dtype, layers):
+def check(comm_kind, group, shape, world, rank, device, dtype, layers, experts):
     """Overlapped two micro-batches must give the serial whole batch's output, on rows that
     differ in number and content per rank (pad rows included)."""
     tokens = [96 - 13 * r for r in range(world)]
     halves = micro_batch_rows(tokens)  # the token-even rule the serving path uses
-    split = StandInOps(shape, world, rank, [halves[0][rank], halves[1][rank]], device, dtype)
-    whole = StandInOps(shape, world, rank, [tokens[rank]], device, dtype)
+    split = StandInOps(shape, rank, [halves[0][rank], halves[1][rank]], device, dtype, experts)
+    whole = StandInOps(shape, rank, [tokens[rank]], device, dtype, experts)
     whole.x[0] = torch.cat([split.x[0], split.x[1]]).clone()
     comm, whole_comm = (make_transport(comm_kind, group, shape["hidden"], dtype, device) for _ in range(2))
     for mb in (0, 1):
@@ -125,13 +188,15 @@ def check(comm_kind, group, shape, world, rank, device, dtype, layers):
         raise RuntimeError(f"{comm_kind} on rank {rank}: overlapped output differs from serial "
                            f"(max relative error {err:.3g})")
     if rank == 0:
-        print(f"check {comm_kind} {shape['hidden']}: max relative error {err:.2g}", flush=True)
+        print(f"check {comm_kind} {shape['name']} {experts.kind} experts: max relative error "
+              f"{err:.2g}", flush=True)
 
 
-def measure(comm_kind, group, shape, world, rank, tokens, layers, device, dtype, args):
+def measure(comm_kind, group, shape, world, rank, tokens, layers, device, dtype, args, experts):
+    kind = experts.kind
     halves = [tokens // 2, tokens - tokens // 2]
-    ops = StandInOps(shape, world, rank, halves, device, dtype)
-    whole = StandInOps(shape, world, rank, [tokens], device, dtype)
+    ops = StandInOps(shape, rank, halves, device, dtype, experts)
+    whole = StandInOps(shape, rank, [tokens], device, dtype, experts)
     comm = make_transport(comm_kind, group, shape["hidden"], dtype, device)
     for mb, t in enumerate(halves):
         comm.set_rows(mb, [t] * world)
@@ -171,9 +236,9 @@ def measure(comm_kind, group, shape, world, rank, tokens, layers, device, dtype,
                 torch.cuda.synchronize()
             if rank == 0:
                 prof.export_chrome_trace(os.path.join(
-                    args.profile, f"trace_{comm_kind}_{shape['name']}_{tokens}_{label}.json"))
-    return {"comm": comm_kind, "shape": shape["name"], "tokens_per_rank": tokens, "layers": layers,
-            "world": world, "comm_priority": args.comm_priority, **derived(t)}
+                    args.profile, f"trace_{comm_kind}_{shape['name']}_{kind}_{tokens}_{label}.json"))
+    return {"comm": comm_kind, "shape": shape["name"], "experts": kind, "tokens_per_rank": tokens,
+            "layers": layers, "world": world, "comm_priority": args.comm_priority, **derived(t)}
 
 
 def derived(t: dict) -> dict:
@@ -189,29 +254,28 @@ def marginal(rows: list[dict]) -> list[dict]:
     """Per added layer, from the fewest and the most layers of each cell: the steady state, without
     the first all_gather and the last reduce_scatter, which no compute can hide."""
     out = []
-    cells = {(r["comm"], r["shape"], r["tokens_per_rank"]) for r in rows}
-    for cell in sorted(cells):
-        runs = sorted((r for r in rows if (r["comm"], r["shape"], r["tokens_per_rank"]) == cell),
-                      key=lambda r: r["layers"])
+    cell_of = lambda r: (r["comm"], r["shape"], r.get("experts", "dense"), r["tokens_per_rank"])  # noqa: E731
+    for cell in sorted({cell_of(r) for r in rows}):
+        runs = sorted((r for r in rows if cell_of(r) == cell), key=lambda r: r["layers"])
         lo, hi = runs[0], runs[-1]
         if hi["layers"] == lo["layers"]:
             continue
         n = hi["layers"] - lo["layers"]
         t = {k: (hi[f"{k}_ms"] - lo[f"{k}_ms"]) / n for k in ("compute", "comm", "serial", "overlapped")}
-        out.append({"comm": cell[0], "shape": cell[1], "tokens_per_rank": cell[2],
+        out.append({"comm": cell[0], "shape": cell[1], "experts": cell[2], "tokens_per_rank": cell[3],
                     "layers": f"per layer, {lo['layers']}->{hi['layers']}", **derived(t)})
     return out
 
 
 def against_nccl_serial(rows: list[dict]) -> list[dict]:
-    """Each row with vs_nccl_serial = serial time of the same (shape, tokens, layers) over the
-    default NCCL communicator / this row's overlapped time; rows without such a baseline as
+    """Each row with vs_nccl_serial = serial time of the same (shape, experts, tokens, layers) over
+    the default NCCL communicator / this row's overlapped time; rows without such a baseline as
     they are."""
-    serial = {(r["shape"], r["tokens_per_rank"], r["layers"]): r["serial_ms"]
-              for r in rows if r["comm"] == "nccl"}
+    cell_of = lambda r: (r["shape"], r.get("experts", "dense"), r["tokens_per_rank"], r["layers"])  # noqa: E731
+    serial = {cell_of(r): r["serial_ms"] for r in rows if r["comm"] == "nccl"}
     out = []
     for r in rows:
-        base = serial.get((r["shape"], r["tokens_per_rank"], r["layers"]))
+        base = serial.get(cell_of(r))
         out.append({**r, "vs_nccl_serial": round(base / r["overlapped_ms"], 3)} if base else r)
     return out
 
@@ -249,24 +313,31 @@ def worker(rank, world, args, init_file, queue):
             transports.append((comm_kind if n == 0 else f"{comm_kind}-ctas{n}", comm_kind, n,
                                group if n == 0 else nccl_group(
                                    list(range(world)), n, args.comm_priority == "high")))
+    kinds = args.experts.split(",")
+    if "fused" in kinds:
+        # SGLang's kernel-config lookup reads the process's published server args, as in a server
+        publish_server_args(os.path.join(REPO, "models", args.shapes.split(",")[0]))
     rows = []
     for label, comm_kind, max_ctas, comm_group in transports:
         for name in args.shapes.split(","):
             shape = dict(args.shape_table[name], name=name)
-            check(comm_kind, comm_group, shape, world, rank, device, dtype, 2)
-            for tokens in [int(t) for t in args.tokens.split(",")]:
-                for layers in [int(n) for n in args.layers.split(",")]:
-                    row = measure(comm_kind, comm_group, shape, world, rank, tokens, layers, device,
-                                  dtype, args)
-                    rows.append(row | {"comm": label, "nccl_max_ctas": max_ctas})
-                    if rank == 0:
-                        print(json.dumps(rows[-1]), flush=True)
+            for kind in kinds:
+                experts = make_experts(kind, shape, world, device, dtype)
+                check(comm_kind, comm_group, shape, world, rank, device, dtype, 2, experts)
+                for tokens in [int(t) for t in args.tokens.split(",")]:
+                    for layers in [int(n) for n in args.layers.split(",")]:
+                        row = measure(comm_kind, comm_group, shape, world, rank, tokens, layers, device,
+                                      dtype, args, experts)
+                        rows.append(row | {"comm": label, "nccl_max_ctas": max_ctas})
+                        if rank == 0:
+                            print(json.dumps(rows[-1]), flush=True)
+                del experts  # the next kind's weights (GBs at DeepSeek-V3 widths) take their place
     if rank == 0:
         queue.put(rows)
     dist.destroy_process_group()
 
 
-def main() -> int:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--gpus", type=int, default=4, help="ranks (one GPU each on CUDA)")
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
@@ -275,6 +346,10 @@ def main() -> int:
     ap.add_argument("--layers", default="4,12",
                     help="layer counts; with two, also the per-layer marginal (steady state) numbers")
     ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--experts", default="dense",
+                    help="comma list of what runs the experts: dense (a GEMM pair of the routed "
+                         "experts' FLOPs), fused (SGLang's Triton fused MoE, CUDA only)")
+    ap.add_argument("--moe-configs", default="sglang", help="with --experts fused: " + MOE_CONFIGS_HELP)
     ap.add_argument("--comm", default="nccl,copy-engine",
                     help="transports to compare: nccl, copy-engine (CUDA only)")
     ap.add_argument("--comm-priority", choices=("default", "high"), default="default",
@@ -289,7 +364,7 @@ def main() -> int:
                          "SGLang's custom all-reduce does (diagnoses the copy-engine serving stop)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, to check the script runs")
     ap.add_argument("--out", default="")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.profile:
         os.makedirs(args.profile, exist_ok=True)
     # travels in args: spawned workers re-import this module and would see the full SHAPES
@@ -300,6 +375,12 @@ def main() -> int:
         args.tokens, args.layers, args.iters = "16,32", "2,3", 3
     if args.device == "cpu":
         args.comm = "nccl"  # the c10d transport runs on gloo there; copy engines need CUDA
+    unknown = set(args.experts.split(",")) - set(EXPERT_KINDS)
+    if unknown:
+        ap.error(f"--experts: unknown {sorted(unknown)}; choose from {', '.join(EXPERT_KINDS)}")
+    if "fused" in args.experts.split(",") and args.device != "cuda":
+        ap.error("--experts fused runs SGLang's Triton kernel: use --device cuda, or --experts dense on CPU")
+    os.environ.update(moe_configs_env(args.moe_configs))  # inherited by the spawned ranks
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     init_file = tempfile.mktemp(prefix="tbo_bench_")
@@ -313,12 +394,13 @@ def main() -> int:
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         record_json(os.path.join(args.out, "tbo_layer.json"),
-                    {**provenance(), "rows": rows, "per_layer": per_layer,
+                    {**provenance(), "moe_configs": args.moe_configs, "rows": rows, "per_layer": per_layer,
                      "env": {k: v for k, v in os.environ.items() if k.startswith(("NCCL_", "TORCH_NCCL_"))}})
-    print(f"{'comm':12} {'shape':20} {'T/rank':>7} {'layers':>18} {'compute':>8} {'comm':>7} {'serial':>7} "
-          f"{'overlap':>8} {'speedup':>7} {'eff':>5} {'vs nccl serial':>14}")
+    print(f"{'comm':12} {'shape':20} {'experts':7} {'T/rank':>7} {'layers':>18} {'compute':>8} {'comm':>7} "
+          f"{'serial':>7} {'overlap':>8} {'speedup':>7} {'eff':>5} {'vs nccl serial':>14}")
     for r in rows + per_layer:
-        print(f"{r['comm']:12} {r['shape']:20} {r['tokens_per_rank']:>7} {r['layers']:>18} {r['compute_ms']:>8} {r['comm_ms']:>7} "
+        print(f"{r['comm']:12} {r['shape']:20} {r['experts']:7} {r['tokens_per_rank']:>7} {r['layers']:>18} "
+              f"{r['compute_ms']:>8} {r['comm_ms']:>7} "
               f"{r['serial_ms']:>7} {r['overlapped_ms']:>8} {r['speedup']:>7} {r['overlap_efficiency']:>5} "
               f"{r.get('vs_nccl_serial', '-'):>14}")
     return 0

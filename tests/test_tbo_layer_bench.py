@@ -1,7 +1,9 @@
-"""The layer benchmark's derived numbers (pure arithmetic over measured times)."""
+"""The layer benchmark's derived numbers (pure arithmetic over measured times) and its argument checks."""
 
 import sys
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import tbo_layer_bench  # noqa: E402
@@ -29,3 +31,25 @@ def test_rows_without_a_default_nccl_baseline_are_left_as_they_are():
     assert tbo_layer_bench.against_nccl_serial([ce, other_depth])[0] == ce
     per_layer = tbo_layer_bench.marginal([row("nccl", 4, 10, 1, 11, 10.5), row("nccl", 12, 30, 3, 33, 31)])
     assert per_layer[0]["serial_ms"] == 2.75 and "vs_nccl_serial" in tbo_layer_bench.against_nccl_serial(per_layer)[0]
+
+
+def test_dense_and_fused_expert_rows_of_one_cell_stay_apart():
+    """A run with --experts dense,fused has two rows per (comm, shape, tokens, layers): the
+    per-layer numbers and the NCCL baseline are taken within each expert kind, never across."""
+    dense = [row("nccl", 4, 10, 1, 11, 10.5) | {"experts": "dense"},
+             row("nccl", 12, 30, 3, 33, 31) | {"experts": "dense"}]
+    fused = [row("nccl", 4, 20, 1, 21, 20.5) | {"experts": "fused"},
+             row("nccl", 12, 60, 3, 63, 61) | {"experts": "fused"}]
+    per_layer = {r["experts"]: r for r in tbo_layer_bench.marginal(dense + fused)}
+    assert per_layer["dense"]["compute_ms"] == 2.5 and per_layer["fused"]["compute_ms"] == 5.0
+    baselined = tbo_layer_bench.against_nccl_serial(dense + fused)
+    assert [r["vs_nccl_serial"] for r in baselined] == [round(11 / 10.5, 3), round(33 / 31, 3),
+                                                        round(21 / 20.5, 3), round(63 / 61, 3)]
+
+
+def test_expert_kinds_are_checked_before_any_rank_starts(capsys):
+    for argv, says in ((["--experts", "dense,sparse"], "unknown ['sparse']"),
+                       (["--device", "cpu", "--experts", "fused"], "use --device cuda")):
+        with pytest.raises(SystemExit):
+            tbo_layer_bench.main(argv)
+        assert says in capsys.readouterr().err
