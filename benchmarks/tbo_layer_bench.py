@@ -100,7 +100,10 @@ class FusedExperts:
         self.w1 = torch.randn(total, 2 * inner, h, generator=g, device=device, dtype=dtype) / h ** 0.5
         self.w2 = torch.randn(total, h, inner, generator=g, device=device, dtype=dtype) / inner ** 0.5
         self.top_k, self.shared, self.routed = shape["top_k"], shape["shared"], shape["experts"]
-        self.runner = MoeRunnerConfig(num_experts=total, num_local_experts=total, inplace=False)
+        # In place, as SGLang's MoE layers call it: the output overwrites the gathered rows, which
+        # the executor does not read again. (Out of place, SGLang allocates the output in its TP
+        # group's symmetric memory pool, which needs SGLang's parallel state.)
+        self.runner = MoeRunnerConfig(num_experts=total, num_local_experts=total, inplace=True)
 
     def __call__(self, gathered):
         from sglang.srt.layers.moe.moe_runner.triton_utils import fused_experts
