@@ -340,6 +340,23 @@ def worker(rank, world, args, init_file, queue):
     dist.destroy_process_group()
 
 
+def rank0_rows(queue, procs, poll_s: float = 5.0) -> list[dict]:
+    """Rank 0's rows; if a rank dies first (its traceback is on stderr), stop every rank and
+    raise, instead of waiting on the queue while the others block in a collective."""
+    import queue as queue_module
+
+    while True:
+        try:
+            return queue.get(timeout=poll_s)
+        except queue_module.Empty:
+            dead = [i for i, p in enumerate(procs) if p.exitcode not in (None, 0)]
+            if dead:
+                for p in procs:
+                    p.kill()
+                raise SystemExit(f"rank {dead[0]} exited with code {procs[dead[0]].exitcode} "
+                                 "before the results were in (its traceback is above)")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--gpus", type=int, default=4, help="ranks (one GPU each on CUDA)")
@@ -390,7 +407,7 @@ def main(argv=None) -> int:
     procs = [ctx.Process(target=worker, args=(r, args.gpus, args, init_file, queue)) for r in range(args.gpus)]
     for p in procs:
         p.start()
-    rows = queue.get(timeout=3600)
+    rows = rank0_rows(queue, procs)
     for p in procs:
         p.join(timeout=60)
     rows, per_layer = against_nccl_serial(rows), against_nccl_serial(marginal(rows))

@@ -53,3 +53,15 @@ def test_expert_kinds_are_checked_before_any_rank_starts(capsys):
         with pytest.raises(SystemExit):
             tbo_layer_bench.main(argv)
         assert says in capsys.readouterr().err
+
+
+def test_a_rank_that_dies_stops_the_run_instead_of_a_wait_on_the_queue():
+    """On 1xH200 (2026-11-23) a rank's exception left the parent waiting up to an hour for rows."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    dying = ctx.Process(target=sys.exit, args=(3,))
+    dying.start()
+    dying.join()
+    with pytest.raises(SystemExit, match="rank 0 exited with code 3"):
+        tbo_layer_bench.rank0_rows(ctx.Queue(), [dying], poll_s=0.1)
