@@ -208,12 +208,16 @@ def measure(comm_kind, group, shape, world, rank, tokens, layers, device, dtype,
     # random, not zeros: GEMMs on zeros can run faster than on real data
     gathered = {mb: torch.randn(t * world, shape["hidden"], device=device, dtype=dtype)
                 for mb, t in enumerate(halves)}
+    rows_in = {mb: torch.empty_like(g) for mb, g in gathered.items()}
 
     def compute_only():
         for layer in range(layers):
             for mb in (0, 1):
                 ops.attention(mb, layer)
-                ops.experts(mb, layer, gathered[mb])
+                # fresh rows each call, as the all_gather writes them in a layer: fused experts
+                # overwrite their input, and fed their own output again they route degenerately
+                # (1xH200, 2026-11-23: 9.6 ms for two calls the tuner times at 17.5 ms)
+                ops.experts(mb, layer, rows_in[mb].copy_(gathered[mb]))
 
     def comm_only():
         for _ in range(layers):
