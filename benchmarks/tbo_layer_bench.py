@@ -215,8 +215,9 @@ def measure(comm_kind, group, shape, world, rank, tokens, layers, device, dtype,
             for mb in (0, 1):
                 ops.attention(mb, layer)
                 # fresh rows each call, as the all_gather writes them in a layer: fused experts
-                # overwrite their input, and fed their own output again they route degenerately
-                # (1xH200, 2026-11-23: 9.6 ms for two calls the tuner times at 17.5 ms)
+                # overwrite their input, and fed their own output again they ran far faster than
+                # on real rows (1xH200, 2026-11-23: about 9.6 ms for two calls the tuner times at
+                # 17.5 ms)
                 ops.experts(mb, layer, rows_in[mb].copy_(gathered[mb]))
 
     def comm_only():
