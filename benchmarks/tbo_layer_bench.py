@@ -3,8 +3,9 @@
     python3 benchmarks/tbo_layer_bench.py --gpus 4 --out DIR            # one process per GPU
     python3 benchmarks/tbo_layer_bench.py --gpus 2 --device cpu --quick  # gloo, to check it runs
 
-Per rank, T tokens per forward go through L layers of: attention stand-in on local rows (QKV and
-output projections), all_gather of the rows, experts on all gathered rows, reduce_scatter back.
+Per rank, T tokens per forward go through L layers of: attention on local rows (the QKV and
+output projections; with --attention sdpa also causal attention over the rank's tokens, see
+StandInOps), all_gather of the rows, experts on all gathered rows, reduce_scatter back.
 --experts picks what runs the experts (each rank holding 1/world of every expert's intermediate
 dim, as SGLang's TP-sharded MoE does):
 
@@ -123,11 +124,20 @@ def make_experts(kind, shape, world, device, dtype):
     return {"dense": DenseExperts, "fused": FusedExperts}[kind](shape, world, device, dtype)
 
 
-class StandInOps:
-    """Compute of one layer: the FLOPs of the real model's attention projections, and `experts`
-    (DenseExperts or FusedExperts, shared by the instances of one cell)."""
+HEAD_DIM = 128
 
-    def __init__(self, shape, rank, tokens, device, dtype, experts):
+
+class StandInOps:
+    """Compute of one layer: the real model's attention projections, with `attention_core` also
+    causal attention over them, and `experts` (DenseExperts or FusedExperts, shared by the
+    instances of one cell).
+
+    The attention core treats each rank's tokens as one sequence, as a token-level split of one
+    long prompt: q_dim / 128 heads of 128, the queries serving as keys and values (the FLOPs and
+    memory traffic of real attention, not its numbers), and micro-batch 1 attending to micro-batch
+    0's keys of the same layer as its prefix, as the cut sequence's second half does when served."""
+
+    def __init__(self, shape, rank, tokens, device, dtype, experts, attention_core=False):
         h = shape["hidden"]
         g = torch.Generator(device="cpu").manual_seed(0)
         rnd = lambda *s: (torch.randn(*s, generator=g) / s[0] ** 0.5).to(device, dtype)  # noqa: E731
@@ -137,10 +147,35 @@ class StandInOps:
         g.manual_seed(1000 + rank)  # rows differ per rank
         self.x = {mb: rnd(t, h) for mb, t in enumerate(tokens)}
         self.q_dim = shape["q_dim"]
+        self.heads = max(1, self.q_dim // HEAD_DIM)
+        self.attention_core = attention_core
+        self.prefix = None  # (layer, keys) of micro-batch 0, for micro-batch 1's attention
 
     def attention(self, mb, layer):
         qkv = self.x[mb] @ self.w_qkv
-        return qkv[:, : self.q_dim] @ self.w_o
+        q = qkv[:, : self.q_dim]
+        if self.attention_core:
+            q = self.attend(mb, layer, q)
+        return q @ self.w_o
+
+    def attend(self, mb, layer, q):
+        from torch.nn.attention.bias import causal_lower_right
+        from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+        rows = q.shape[0]
+        heads = q.view(rows, self.heads, self.q_dim // self.heads).transpose(0, 1)  # [heads, rows, dim]
+        keys = heads
+        if mb == 1 and self.prefix is not None:
+            prefix_layer, prefix = self.prefix
+            assert prefix_layer == layer, "micro-batch 0's attention must run first in each layer"
+            keys = torch.cat([prefix, heads], dim=1)
+        if mb == 0:
+            self.prefix = (layer, heads)
+        if rows == 0:
+            return q
+        # queries at the end of the key sequence: causal with the diagonal at the bottom right
+        mask = causal_lower_right(rows, keys.shape[1])
+        return sdpa(heads, keys, keys, attn_mask=mask).transpose(0, 1).reshape(rows, self.q_dim)
 
     def experts(self, mb, layer, gathered):
         return self.expert_fn(gathered)
@@ -171,13 +206,13 @@ def timed(fn, device, iters):
     return statistics.median(times)
 
 
-def check(comm_kind, group, shape, world, rank, device, dtype, layers, experts):
+def check(comm_kind, group, shape, world, rank, device, dtype, layers, experts, attention_core):
     """Overlapped two micro-batches must give the serial whole batch's output, on rows that
     differ in number and content per rank (pad rows included)."""
     tokens = [96 - 13 * r for r in range(world)]
     halves = micro_batch_rows(tokens)  # the token-even rule the serving path uses
-    split = StandInOps(shape, rank, [halves[0][rank], halves[1][rank]], device, dtype, experts)
-    whole = StandInOps(shape, rank, [tokens[rank]], device, dtype, experts)
+    split = StandInOps(shape, rank, [halves[0][rank], halves[1][rank]], device, dtype, experts, attention_core)
+    whole = StandInOps(shape, rank, [tokens[rank]], device, dtype, experts, attention_core)
     whole.x[0] = torch.cat([split.x[0], split.x[1]]).clone()
     comm, whole_comm = (make_transport(comm_kind, group, shape["hidden"], dtype, device) for _ in range(2))
     for mb in (0, 1):
@@ -198,8 +233,9 @@ def check(comm_kind, group, shape, world, rank, device, dtype, layers, experts):
 def measure(comm_kind, group, shape, world, rank, tokens, layers, device, dtype, args, experts):
     kind = experts.kind
     halves = [tokens // 2, tokens - tokens // 2]
-    ops = StandInOps(shape, rank, halves, device, dtype, experts)
-    whole = StandInOps(shape, rank, [tokens], device, dtype, experts)
+    core = args.attention == "sdpa"
+    ops = StandInOps(shape, rank, halves, device, dtype, experts, core)
+    whole = StandInOps(shape, rank, [tokens], device, dtype, experts, core)
     comm = make_transport(comm_kind, group, shape["hidden"], dtype, device)
     for mb, t in enumerate(halves):
         comm.set_rows(mb, [t] * world)
@@ -245,7 +281,8 @@ def measure(comm_kind, group, shape, world, rank, tokens, layers, device, dtype,
             if rank == 0:
                 prof.export_chrome_trace(os.path.join(
                     args.profile, f"trace_{comm_kind}_{shape['name']}_{kind}_{tokens}_{label}.json"))
-    return {"comm": comm_kind, "shape": shape["name"], "experts": kind, "tokens_per_rank": tokens,
+    return {"comm": comm_kind, "shape": shape["name"], "experts": kind, "attention": args.attention,
+            "tokens_per_rank": tokens,
             "layers": layers, "world": world, "comm_priority": args.comm_priority, **derived(t)}
 
 
@@ -331,7 +368,8 @@ def worker(rank, world, args, init_file, queue):
             shape = dict(args.shape_table[name], name=name)
             for kind in kinds:
                 experts = make_experts(kind, shape, world, device, dtype)
-                check(comm_kind, comm_group, shape, world, rank, device, dtype, 2, experts)
+                check(comm_kind, comm_group, shape, world, rank, device, dtype, 2, experts,
+                      args.attention == "sdpa")
                 for tokens in [int(t) for t in args.tokens.split(",")]:
                     for layers in [int(n) for n in args.layers.split(",")]:
                         row = measure(comm_kind, comm_group, shape, world, rank, tokens, layers, device,
@@ -375,6 +413,10 @@ def main(argv=None) -> int:
                     help="comma list of what runs the experts: dense (a GEMM pair of the routed "
                          "experts' FLOPs), fused (SGLang's Triton fused MoE, CUDA only)")
     ap.add_argument("--moe-configs", default="sglang", help="with --experts fused: " + MOE_CONFIGS_HELP)
+    ap.add_argument("--attention", choices=("projections", "sdpa"), default="projections",
+                    help="attention compute on local rows: the QKV and output projections only, or "
+                         "also causal attention over each rank's tokens (PyTorch SDPA; micro-batch 1 "
+                         "attends to micro-batch 0 as its prefix, as a cut sequence's second half does)")
     ap.add_argument("--comm", default="nccl,copy-engine",
                     help="transports to compare: nccl, copy-engine (CUDA only)")
     ap.add_argument("--comm-priority", choices=("default", "high"), default="default",

@@ -65,3 +65,36 @@ def test_a_rank_that_dies_stops_the_run_instead_of_a_wait_on_the_queue():
     dying.join()
     with pytest.raises(SystemExit, match="rank 0 exited with code 3"):
         tbo_layer_bench.rank0_rows(ctx.Queue(), [dying], poll_s=0.1)
+
+
+def _ops(tokens, attention_core=True):
+    import torch
+
+    shape = dict(tbo_layer_bench.SHAPES["qwen3-235b-width"], hidden=64, inter=32, q_dim=256, kv_dim=16)
+    experts = tbo_layer_bench.DenseExperts(shape, 1, torch.device("cpu"), torch.float32)
+    return tbo_layer_bench.StandInOps(shape, 0, tokens, torch.device("cpu"), torch.float32, experts,
+                                      attention_core)
+
+
+def test_the_attention_core_of_two_micro_batches_is_that_of_the_whole_sequence():
+    """--attention sdpa: micro-batch 1 attends to micro-batch 0 as its prefix, so the halves of
+    one rank's tokens give the whole sequence's causal attention; without the prefix they do not."""
+    import torch
+
+    for first, second in ((40, 56), (0, 96), (96, 0)):
+        split, whole = _ops([first, second]), _ops([first + second])
+        whole.x[0] = torch.cat([split.x[0], split.x[1]]).clone()
+        halves = torch.cat([split.attention(0, 0), split.attention(1, 0)])
+        assert torch.allclose(halves, whole.attention(0, 0), atol=1e-5)
+    split, whole = _ops([40, 56]), _ops([96])
+    whole.x[0] = torch.cat([split.x[0], split.x[1]]).clone()
+    split.attention(0, 0)
+    split.prefix = None  # as if micro-batch 1 ran without micro-batch 0's keys
+    assert not torch.allclose(split.attention(1, 0), whole.attention(0, 0)[40:], atol=1e-2)
+
+
+def test_micro_batch_1_may_not_use_another_layers_prefix():
+    split = _ops([8, 8])
+    split.attention(0, 0)
+    with pytest.raises(AssertionError, match="micro-batch 0's attention must run first"):
+        split.attention(1, 1)
