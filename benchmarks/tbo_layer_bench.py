@@ -37,6 +37,7 @@ Writes DIR/tbo_layer.json (command, machine, date, rows).
 from __future__ import annotations
 
 import argparse
+from contextlib import nullcontext
 import json
 import os
 import statistics
@@ -159,23 +160,30 @@ class StandInOps:
         return q @ self.w_o
 
     def attend(self, mb, layer, q):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
         from torch.nn.attention.bias import causal_lower_right
         from torch.nn.functional import scaled_dot_product_attention as sdpa
 
         rows = q.shape[0]
-        heads = q.view(rows, self.heads, self.q_dim // self.heads).transpose(0, 1)  # [heads, rows, dim]
+        heads = q.view(1, rows, self.heads, self.q_dim // self.heads).transpose(1, 2)  # [1, heads, rows, dim]
         keys = heads
         if mb == 1 and self.prefix is not None:
             prefix_layer, prefix = self.prefix
             assert prefix_layer == layer, "micro-batch 0's attention must run first in each layer"
-            keys = torch.cat([prefix, heads], dim=1)
+            keys = torch.cat([prefix, heads], dim=2)
         if mb == 0:
             self.prefix = (layer, heads)
         if rows == 0:
             return q
-        # queries at the end of the key sequence: causal with the diagonal at the bottom right
-        mask = causal_lower_right(rows, keys.shape[1])
-        return sdpa(heads, keys, keys, attn_mask=mask).transpose(0, 1).reshape(rows, self.q_dim)
+        # On CUDA a fused kernel or an error, never PyTorch's unfused fallback, which materializes
+        # every score (the first GPU run, which allowed it, spent 160-220 ms a layer on attention)
+        fused = sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]) if q.is_cuda else nullcontext()
+        with fused:
+            if keys.shape[2] == rows:
+                out = sdpa(heads, keys, keys, is_causal=True)
+            else:  # queries at the end of the keys: the causal diagonal at the bottom right
+                out = sdpa(heads, keys, keys, attn_mask=causal_lower_right(rows, keys.shape[2]))
+        return out.transpose(1, 2).reshape(rows, self.q_dim)
 
     def experts(self, mb, layer, gathered):
         return self.expert_fn(gathered)
