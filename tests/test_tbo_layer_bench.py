@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import tbo_layer_bench  # noqa: E402
@@ -67,20 +68,17 @@ def test_a_rank_that_dies_stops_the_run_instead_of_a_wait_on_the_queue():
         tbo_layer_bench.rank0_rows(ctx.Queue(), [dying], poll_s=0.1)
 
 
-def _ops(tokens, attention_core=True):
-    import torch
-
+def _ops(tokens):
+    """Tiny StandInOps with the attention core, on the CPU."""
     shape = dict(tbo_layer_bench.SHAPES["qwen3-235b-width"], hidden=64, inter=32, q_dim=256, kv_dim=16)
     experts = tbo_layer_bench.DenseExperts(shape, 1, torch.device("cpu"), torch.float32)
     return tbo_layer_bench.StandInOps(shape, 0, tokens, torch.device("cpu"), torch.float32, experts,
-                                      attention_core)
+                                      attention_core=True)
 
 
 def test_the_attention_core_of_two_micro_batches_is_that_of_the_whole_sequence():
     """--attention sdpa: micro-batch 1 attends to micro-batch 0 as its prefix, so the halves of
     one rank's tokens give the whole sequence's causal attention; without the prefix they do not."""
-    import torch
-
     for first, second in ((40, 56), (0, 96), (96, 0)):
         split, whole = _ops([first, second]), _ops([first + second])
         whole.x[0] = torch.cat([split.x[0], split.x[1]]).clone()
