@@ -1,4 +1,5 @@
-"""The layer benchmark's derived numbers (pure arithmetic over measured times) and its argument checks."""
+"""The layer benchmark: its derived numbers (pure arithmetic over measured times), argument checks,
+rank-failure handling and the attention core's micro-batch prefix (on the CPU)."""
 
 import sys
 from pathlib import Path
