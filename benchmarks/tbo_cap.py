@@ -1,0 +1,81 @@
+"""The most two-batch overlap can gain per MoE layer, from two layer-benchmark results.
+
+    python3 benchmarks/tbo_cap.py --compute WORLD1/tbo_layer.json --comm DP4/tbo_layer.json \
+        [--experts fused] [--comm-scale 2.333 --label DP8] [--out DIR]
+
+Overlap hides the all_gather/reduce_scatter behind the other micro-batch's compute, so a layer
+can at best shrink from compute + comm to compute. For each shape and tokens per rank found in
+both files, from their per-layer (steady state) rows:
+
+  layer  serial_ms of the --compute file's rows with --experts (one batch, collectives in place)
+  comm   comm_ms of the --comm file's default-NCCL rows (the collectives of both micro-batches)
+  share  comm x scale / (comm x scale + layer)
+  cap    1 / (1 - share), the speedup if every collective were hidden and splitting cost nothing
+
+The --compute file may come from one GPU: at world 1 and T tokens a rank does the FLOPs a DP rank
+does at T tokens per rank, and its comm_ms is only NCCL's launch cost, so the layer's own time
+stands in for compute. --comm-scale projects the comm to another DP size: a rank receives
+dp - 1 ranks' rows, so DP8 moves 7/3 of DP4's bytes (the same NVLink bandwidth per GPU assumed).
+Writes DIR/tbo_cap.json, or DIR/tbo_cap_LABEL.json, (command, inputs, rows) when --out is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from serving import provenance, record_json  # noqa: E402
+
+
+def per_layer(path: str) -> list[dict]:
+    with open(path) as f:
+        return json.load(f)["per_layer"]
+
+
+def caps(compute_rows: list[dict], comm_rows: list[dict], experts: str, comm_scale: float = 1.0) -> list[dict]:
+    """One row per (shape, tokens) present in both: layer ms, comm ms, share and cap."""
+    comm = {(r["shape"], r["tokens_per_rank"]): r["comm_ms"] for r in comm_rows if r["comm"] == "nccl"}
+    out = []
+    for r in compute_rows:
+        key = (r["shape"], r["tokens_per_rank"])
+        if r.get("experts", "dense") != experts or r["comm"] != "nccl" or key not in comm:
+            continue
+        moved = comm[key] * comm_scale
+        share = moved / (moved + r["serial_ms"])
+        out.append({"shape": key[0], "tokens_per_rank": key[1], "layer_ms": r["serial_ms"],
+                    "comm_ms": round(moved, 3), "share": round(share, 3), "cap": round(1 / (1 - share), 3)})
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--compute", required=True, help="tbo_layer.json whose layer time is used")
+    ap.add_argument("--comm", required=True, help="tbo_layer.json of a multi-GPU run whose comm time is used")
+    ap.add_argument("--experts", default="fused", help="the --compute file's expert kind to read")
+    ap.add_argument("--comm-scale", type=float, default=1.0, help="multiply the comm time (another DP size)")
+    ap.add_argument("--label", default="", help="a name for the projection, printed and recorded")
+    ap.add_argument("--out", default="")
+    args = ap.parse_args(argv)
+    rows = caps(per_layer(args.compute), per_layer(args.comm), args.experts, args.comm_scale)
+    if not rows:
+        raise SystemExit(f"no (shape, tokens) has both --experts {args.experts} rows in {args.compute} "
+                         f"and NCCL rows in {args.comm}")
+    print(f"{args.label or 'as measured'}: comm x {args.comm_scale}")
+    print(f"{'shape':20} {'T/rank':>7} {'layer ms':>9} {'comm ms':>8} {'share':>6} {'cap':>6}")
+    for r in rows:
+        print(f"{r['shape']:20} {r['tokens_per_rank']:>7} {r['layer_ms']:>9} {r['comm_ms']:>8} "
+              f"{r['share']:>6} {r['cap']:>6}")
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        name = f"tbo_cap_{args.label}.json" if args.label else "tbo_cap.json"
+        record_json(os.path.join(args.out, name),
+                    {**provenance(), "compute": args.compute, "comm": args.comm, "experts": args.experts,
+                     "comm_scale": args.comm_scale, "label": args.label, "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

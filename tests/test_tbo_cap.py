@@ -1,0 +1,42 @@
+"""tbo_cap.py: the per-layer ceiling of two-batch overlap from a compute run and a comm run."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import tbo_cap  # noqa: E402
+
+
+def layer(shape, tokens, serial=None, comm=None, experts=None, transport="nccl"):
+    row = {"shape": shape, "tokens_per_rank": tokens, "comm": transport, "serial_ms": serial, "comm_ms": comm}
+    return row | ({"experts": experts} if experts else {})
+
+
+def test_the_cap_hides_all_comm_of_the_matching_cell_only():
+    compute = [layer("ds", 8192, serial=26.7, experts="fused"), layer("ds", 8192, serial=21.8, experts="dense"),
+               layer("q", 8192, serial=11.5, experts="fused"), layer("q", 4096, serial=6.0, experts="fused")]
+    comm = [layer("ds", 8192, comm=2.4), layer("ds", 8192, comm=9.9, transport="copy-engine"),
+            layer("q", 8192, comm=1.4)]
+    rows = tbo_cap.caps(compute, comm, "fused")
+    assert [(r["shape"], r["tokens_per_rank"]) for r in rows] == [("ds", 8192), ("q", 8192)]
+    assert rows[0]["share"] == round(2.4 / (2.4 + 26.7), 3) and rows[0]["cap"] == round((2.4 + 26.7) / 26.7, 3)
+    # rows written before --experts existed are the dense stand-in
+    old = [layer("ds", 8192, serial=15.4)]
+    assert tbo_cap.caps(old, comm, "dense")[0]["layer_ms"] == 15.4 and not tbo_cap.caps(old, comm, "fused")
+
+
+def test_comm_scale_projects_another_dp_size():
+    rows = tbo_cap.caps([layer("ds", 8192, serial=26.7, experts="fused")], [layer("ds", 8192, comm=2.4)],
+                        "fused", comm_scale=7 / 3)
+    assert rows[0]["comm_ms"] == round(2.4 * 7 / 3, 3) and rows[0]["cap"] > 1.2
+
+
+def test_files_without_a_common_cell_are_refused(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"per_layer": [layer("ds", 8192, serial=26.7, experts="fused")]}))
+    b.write_text(json.dumps({"per_layer": [layer("q", 8192, comm=1.4)]}))
+    with pytest.raises(SystemExit, match="no \\(shape, tokens\\) has both"):
+        tbo_cap.main(["--compute", str(a), "--comm", str(b)])
