@@ -66,7 +66,6 @@ SHAPES = {
     "qwen3-235b-width": dict(hidden=4096, inter=1536, top_k=8, experts=128, shared=0,
                              q_dim=64 * 128, kv_dim=2 * 4 * 128),
 }
-EXPERT_KINDS = ("dense", "fused")
 
 
 class DenseExperts:
@@ -121,8 +120,7 @@ class FusedExperts:
         return fused_experts(gathered, self.w1, self.w2, StandardTopKOutput(weights, ids, logits), self.runner)
 
 
-def make_experts(kind, shape, world, device, dtype):
-    return {"dense": DenseExperts, "fused": FusedExperts}[kind](shape, world, device, dtype)
+EXPERTS = {cls.kind: cls for cls in (DenseExperts, FusedExperts)}  # --experts: name -> class
 
 
 HEAD_DIM = 128
@@ -375,7 +373,7 @@ def worker(rank, world, args, init_file, queue):
         for name in args.shapes.split(","):
             shape = dict(args.shape_table[name], name=name)
             for kind in kinds:
-                experts = make_experts(kind, shape, world, device, dtype)
+                experts = EXPERTS[kind](shape, world, device, dtype)
                 check(comm_kind, comm_group, shape, world, rank, device, dtype, 2, experts,
                       args.attention == "sdpa")
                 for tokens in [int(t) for t in args.tokens.split(",")]:
@@ -450,9 +448,9 @@ def main(argv=None) -> int:
         args.tokens, args.layers, args.iters = "16,32", "2,3", 3
     if args.device == "cpu":
         args.comm = "nccl"  # the c10d transport runs on gloo there; copy engines need CUDA
-    unknown = set(args.experts.split(",")) - set(EXPERT_KINDS)
+    unknown = set(args.experts.split(",")) - set(EXPERTS)
     if unknown:
-        ap.error(f"--experts: unknown {sorted(unknown)}; choose from {', '.join(EXPERT_KINDS)}")
+        ap.error(f"--experts: unknown {sorted(unknown)}; choose from {', '.join(EXPERTS)}")
     if "fused" in args.experts.split(",") and args.device != "cuda":
         ap.error("--experts fused runs SGLang's Triton kernel: use --device cuda, or --experts dense on CPU")
     os.environ.update(moe_configs_env(args.moe_configs))  # inherited by the spawned ranks
