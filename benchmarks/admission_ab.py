@@ -282,6 +282,14 @@ def cells(args) -> list[tuple[str, int, int]]:
             for rep in range(-args.warmup_repeats, args.repeats)]
 
 
+def base_flags(args) -> list[str]:
+    """The server flags every config of a run shares; each config adds CONFIGS[name]."""
+    return ["--model-path", args.model, "--tp", str(args.tp), "--dp", str(args.dp),
+            "--enable-dp-attention", "--enable-metrics",
+            *[f for f in BASE_FLAGS if not (args.cuda_graph and f == "--disable-cuda-graph")],
+            *args.extra.split()]
+
+
 def start(args, name: str, label: str, base: list[str], stack: contextlib.ExitStack,
           port: int = 30000, mem_fraction: float | None = None) -> tuple[Server, float]:
     """Start one config's server (stopped when `stack` closes), warm it up; return it and its
@@ -460,10 +468,7 @@ def main(argv=None) -> int:
     result = {**provenance(), "runs": [], "skipped": [], "interleaved": args.interleave,
               "moe_configs": args.moe_configs}
     args.server_env = {**SERVER_ENV, **moe_configs_env(args.moe_configs)}
-    base = ["--model-path", args.model, "--tp", str(args.tp), "--dp", str(args.dp),
-            "--enable-dp-attention", "--enable-metrics",
-            *[f for f in BASE_FLAGS if not (args.cuda_graph and f == "--disable-cuda-graph")],
-            *args.extra.split()]
+    base = base_flags(args)
     if args.interleave and "--mem-fraction-static" in base:
         raise SystemExit("--interleave gives each server its share of GPU memory itself: set "
                          "--shared-mem-fraction instead of --mem-fraction-static in --extra")

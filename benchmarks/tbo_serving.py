@@ -231,23 +231,28 @@ def prefill_servers(args, out: dict, model: str, tokens_per_rank: int):
     (model name, transport or None, server, label) with dummy weights and a prefill budget of
     `tokens_per_rank` on every rank."""
     name = os.path.basename(model.rstrip("/"))
-    budget = str(tokens_per_rank * args.dp)
     for tbo_comm in [*([] if args.skip_plain else [None]), *args.tbo_comm.split(",")]:
-        # TBO servers split every pass measured here: these modes measure the split itself, and
-        # the size a model splits from by default (`--atom-tbo-min-tokens 0`) would leave some
-        # sizes unsplit. `--server-args "--atom-tbo-min-tokens 0"` measures the default instead.
-        split_all = ["--atom-tbo-min-tokens", "256"] if tbo_comm else []
-        # --cuda-graph: SGLang's defaults, under which the plain server runs prefill passes up to
-        # its chunk size in breakable CUDA graphs (non-MLA models), as a user's server would,
-        # and the TBO server's split passes run eagerly. Without it both run eagerly.
-        base = [f for f in BASE_FLAGS if not (args.cuda_graph and f == "--disable-cuda-graph")]
-        # one prompt per rank and pass, as plain SGLang would chunk with --chunked-prefill-size
-        # T x dp (sized for memory the same way)
-        flags = server_flags(model, args.dp, tbo_comm, [
-            *base, "--chunked-prefill-size", budget, "--max-prefill-tokens", budget,
-            "--atom-prefill-tokens-per-rank", str(tokens_per_rank), *split_all])
+        flags = prefill_flags(args, model, tokens_per_rank, tbo_comm)
         with serving(args, out, name, tbo_comm, flags) as (server, label):
             yield name, tbo_comm, server, label
+
+
+def prefill_flags(args, model: str, tokens_per_rank: int, tbo_comm: str | None) -> list[str]:
+    """A prefill server's flags: with TBO over `tbo_comm`, or without it (None)."""
+    budget = str(tokens_per_rank * args.dp)
+    # TBO servers split every pass measured here: these modes measure the split itself, and
+    # the size a model splits from by default (`--atom-tbo-min-tokens 0`) would leave some
+    # sizes unsplit. `--server-args "--atom-tbo-min-tokens 0"` measures the default instead.
+    split_all = ["--atom-tbo-min-tokens", "256"] if tbo_comm else []
+    # --cuda-graph: SGLang's defaults, under which the plain server runs prefill passes up to
+    # its chunk size in breakable CUDA graphs (non-MLA models), as a user's server would,
+    # and the TBO server's split passes run eagerly. Without it both run eagerly.
+    base = [f for f in BASE_FLAGS if not (args.cuda_graph and f == "--disable-cuda-graph")]
+    # one prompt per rank and pass, as plain SGLang would chunk with --chunked-prefill-size
+    # T x dp (sized for memory the same way)
+    return server_flags(model, args.dp, tbo_comm, [
+        *base, "--chunked-prefill-size", budget, "--max-prefill-tokens", budget,
+        "--atom-prefill-tokens-per-rank", str(tokens_per_rank), *split_all])
 
 
 def fresh_prompts(rng: random.Random, dp: int, tokens: int,
