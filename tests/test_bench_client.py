@@ -259,7 +259,7 @@ class _FakeServer:
     envs: list = []
 
     def __init__(self, flags, log_path, env=None):
-        self.flags, self.url = flags, "http://fake"
+        self.flags, self.url, self.scrapes = flags, "http://fake", 0
         _FakeServer.started.append(list(flags))
         _FakeServer.envs.append(env)
 
@@ -273,16 +273,21 @@ class _FakeServer:
         return 1.0
 
     def get(self, path):
-        split = 'sglang:atom_tbo_prefill_passes_total{split="yes"} 3.0\n' if "--enable-two-batch-overlap" in self.flags else ""
+        # a TBO server's split counters grow by 3 split and 1 whole pass between scrapes
+        self.scrapes += 1
+        split = (f'sglang:atom_tbo_prefill_passes_total{{split="yes"}} {3.0 * self.scrapes}\n'
+                 f'sglang:atom_tbo_prefill_passes_total{{split="no"}} {1.0 * self.scrapes}\n'
+                 if "--enable-two-batch-overlap" in self.flags else "")
         return split + f'sglang:atom_gathered_rows_padding_ratio_count{{pass="extend"}} {_FakeServer.passes}\n'
 
 
+def _local_logprob(ids, i):
+    """A prompt logprob at position i that depends on that token and the one before it."""
+    return -((ids[i - 1] * 31 + ids[i]) % 97) / 10.0
+
+
 def _context_answer(ids, max_new):
-    """A prompt logprob at position i that depends on every token before it, as a model's does."""
-    lps, acc = [[None, ids[0], None]], ids[0]
-    for i in range(1, len(ids)):
-        acc = (acc * 31 + ids[i]) % 1009
-        lps.append([-(acc % 97) / 10.0, ids[i], None])
+    lps = [[None, ids[0], None]] + [[_local_logprob(ids, i), ids[i], None] for i in range(1, len(ids))]
     return {"output_ids": [7] * max_new,
             "meta_info": {"input_token_logprobs": lps,
                           "output_top_logprobs": [[[-1.0, 7, None], [-3.0, 8, None]]] * max_new}}
@@ -298,7 +303,7 @@ def test_check_runs_the_wrong_prefix_control_and_compares_only_the_second_half(t
     sent = []
 
     def fake_wave(url, prompts, max_new, logprobs):
-        sent.append([(rank, len(ids)) for rank, ids in prompts])
+        sent.append([(rank, ids) for rank, ids in prompts])
         return [_context_answer(ids, max_new) for _, ids in prompts]
 
     monkeypatch.setattr(tbo_serving, "Server", _FakeServer)
@@ -312,13 +317,23 @@ def test_check_runs_the_wrong_prefix_control_and_compares_only_the_second_half(t
     rows = out["models"]["qwen3-moe-check"]
     assert [(r["rank"], r["prompt_len"]) for r in rows] == [(0, 300), (0, 700), (0, 1500), (1, 2600), (1, 3000)]
     assert all(r["tbo"]["same_output_ids"] and r["tbo"]["logprob_max_abs_diff"] == 0 for r in rows)
+    # 3000 tokens on the wave-2 rank: wave 2 on both servers, the plain server's serial resend,
+    # and the control (plain server only), whose first half differs
+    long_prompts = [ids for w in sent for rank, ids in w if len(ids) == 3000]
+    original, serial, replaced, tbo = long_prompts  # the plain server's three, then the TBO server's
+    assert serial == tbo == original
+    assert replaced[:1500] != original[:1500] and replaced[1500:] == original[1500:]
     control = out["wrong_prefix_control"]["qwen3-moe-check"]
     assert (control["prompt_len"], control["replaced_prefix_tokens"]) == (3000, 1500)
-    assert control["logprob_mean_abs_diff"] > 0.5 and control["tbo_worst_mean_over_this_mean"] == 0.0
-    assert out["servers"]["qwen3-moe-check-tbo-nccl"]["prefill_passes"] == {"yes": 0.0, "no": 0}
-    # 3000 tokens on the wave-2 rank: wave 2 on both servers, the plain server's serial resend,
-    # and the control (plain server only)
-    assert sent.count([(1, 3000)]) == 4
+    # with these local logprobs only position 1500 of the second half sees the replaced half:
+    # the mean over the second half, not over the whole prompt, is what the control records
+    second_half = [abs(_local_logprob(original, i) - _local_logprob(replaced, i)) for i in range(1500, 3000)]
+    whole = [abs(_local_logprob(original, i) - _local_logprob(replaced, i)) for i in range(1, 3000)]
+    assert control["logprob_mean_abs_diff"] == round(sum(second_half) / 1500, 6)
+    assert control["logprob_mean_abs_diff"] < sum(whole) / 2999 / 10
+    assert control["tbo_worst_mean_over_this_mean"] == 0.0
+    assert out["servers"]["qwen3-moe-check-tbo-nccl"]["prefill_passes"] == {"yes": 3.0, "no": 1.0}
+    assert out["servers"]["qwen3-moe-check-plain"]["prefill_passes"] == {"yes": 0, "no": 0}
 
 
 def test_perf_records_passes_per_wave_and_the_aligned_speedup(tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ SCRIPT = r"""
 import json, pkgutil, random
 from types import SimpleNamespace
 from sglang_atom.integration import runtime, tbo
-from sglang_atom.tbo.split import micro_batch_rows, seq_cut
+from sglang_atom.tbo.split import split_even
 runtime.install(launcher=False)  # as in a scheduler process
 from sglang.srt.batch_overlap import two_batch_overlap as sg
 from sglang.srt.model_executor.forward_batch_info import ForwardMode
@@ -19,16 +19,23 @@ from sglang.srt.plugins.hook_registry import HookRegistry
 
 out = {"patched": {t: t in HookRegistry._patched for t in tbo.TARGETS}}
 
+def hooked_sglang_split(lens):
+    k = sg.compute_split_seq_index(ForwardMode.EXTEND, sum(lens), lens, None)
+    return [k, sg.compute_split_token_index(k, ForwardMode.EXTEND, lens, None), sg._is_two_chunk_split_enabled(lens)]
+
+def executor_split(lens):  # the same cut in SGLang's terms, read off split_even's halves
+    s = split_even(lens, [0] * len(lens))
+    inside = any(seg.offset > 0 for seg in s.second)
+    return [s.second[0].seq, s.first_tokens, inside]
+
 rng = random.Random(0)
 mismatches = []
 for _ in range(400):
     lens = [rng.choice([1, 2, 7, 100, 1000, 5000]) for _ in range(rng.randint(1, 12))]
-    k = sg.compute_split_seq_index(ForwardMode.EXTEND, sum(lens), lens, None)
-    token = sg.compute_split_token_index(k, ForwardMode.EXTEND, lens, None)
-    two_chunk = sg._is_two_chunk_split_enabled(lens)
-    if (k, two_chunk) != seq_cut(lens) or token != micro_batch_rows([sum(lens)])[0][0]:
-        mismatches.append([lens, k, token, two_chunk])
+    if hooked_sglang_split(lens) != executor_split(lens):
+        mismatches.append([lens, hooked_sglang_split(lens), executor_split(lens)])
 out["split_mismatches"] = mismatches[:5]
+out["split_by_hand"] = [hooked_sglang_split(lens) for lens in ([10, 20, 30, 40], [10, 40, 50], [1], [3, 1])]
 
 agree = tbo.make_agreement(min_tokens=4096)
 def batch(mode, tokens, split=0):
@@ -60,6 +67,23 @@ for model in ("qwen3-moe-tiny", "qwen3-235b-width", "deepseek-v3-width"):
         auto(b)
         out["auto_split_kept"][f"{model}@{tokens}"] = b.tbo_split_seq_index is not None
 
+# A rank whose batch carries input embeddings, which SGLang's child-batch builder rejects, votes
+# against the split; SGLang's minimum over the votes of its DP sync then drops it on every rank.
+import torch
+from sglang.srt.runtime_context import get_flags
+get_flags().moe.tbo_enabled = True
+def rank_batch(input_embeds):
+    return SimpleNamespace(forward_mode=ForwardMode.EXTEND, spec_info=None, extend_num_tokens=8192,
+                           extend_lens=[5000, 3192], is_extend_in_batch=True,
+                           input_embeds=input_embeds, replace_embeds=None)
+out["tbo_votes"] = {}
+for name, embeds in (("tokens", None), ("input_embeds", [[0.5] * 4] * 8192)):
+    preparer = sg.TboDPAttentionPreparer()
+    vote, mode = preparer.prepare_all_gather(rank_batch(embeds))
+    other_rank = [1, mode]  # another rank that can split
+    split, global_mode = preparer.compute_output(torch.tensor([[int(vote), mode], other_rank]))
+    out["tbo_votes"][name] = [bool(vote), split is not None]
+
 # A decode graph replay with TBO on: the graphs were captured without micro-batches, so only the
 # primary backend may get metadata (SGLang would otherwise split the replayed batch for the
 # children, which on flashinfer MLA raised KeyError for a batch size they never captured).
@@ -86,6 +110,11 @@ def test_hooked_sglang_split_is_token_even_and_agreed():
     out = last_json(run_python(SCRIPT, {"SGLANG_ATOM_BACKEND": "atom"}))
     assert all(out["patched"].values()), out["patched"]
     assert out["split_mismatches"] == []
+    # [this rank's vote, split kept after the gathered votes]
+    assert out["tbo_votes"] == {"tokens": [True, True], "input_embeds": [False, False]}
+    # [k, cut token, cut inside sequence k]: 100 tokens cut at 50 inside the third sequence; at
+    # the boundary before the third; a single token goes whole to the second micro-batch
+    assert out["split_by_hand"] == [[2, 50, True], [2, 50, False], [0, 0, False], [0, 2, True]]
     assert out["split_kept"] == {"prefill_big": True, "prefill_small": False, "decode": False,
                                  "modes_disagree": False}
     assert out["mode_cleared"] == {"prefill_big": False, "prefill_small": True, "decode": True,

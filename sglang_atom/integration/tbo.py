@@ -34,6 +34,7 @@ TARGETS = (
     f"{_TBO}.TboCudaGraphRunnerPlugin.replay_prepare",
     "sglang.srt.model_executor.runner.decode_cuda_graph_runner.DecodeCudaGraphRunner.capture",
     "sglang.srt.layers.attention.tbo_backend.TboAttnBackend._children_use_cuda_graph",
+    f"{_TBO}.TboDPAttentionPreparer.prepare_all_gather",
 )
 READS = (
     f"{_TBO}._model_forward_tbo_split_inputs",
@@ -105,6 +106,24 @@ def make_agreement(min_tokens: int):
         return None
 
     return after_prepare_mlp_sync_batch_raw
+
+
+# ScheduleBatch fields that SGLang's child-batch builder (TboForwardBatchPreparer.filter_batch)
+# does not carry into the micro-batches: it raises on a batch holding one, on that rank alone,
+# while the other ranks go on into the split's collectives.
+UNSPLITTABLE_FIELDS = ("input_embeds", "replace_embeds")
+
+
+def after_prepare_all_gather(result, preparer, local_batch, *args, **kwargs):
+    """AFTER hook of TboDPAttentionPreparer.prepare_all_gather: a rank whose batch carries input
+    embeddings (a /generate request with `input_embeds`) votes against splitting. SGLang takes
+    the minimum of the votes from the DP sync it already runs (`compute_output`), so every rank
+    then runs the pass whole."""
+    can_run_tbo, local_forward_mode = result
+    if can_run_tbo and local_batch is not None and any(
+            getattr(local_batch, field, None) is not None for field in UNSPLITTABLE_FIELDS):
+        return False, local_forward_mode
+    return None
 
 
 def no_tbo_capture(*args, **kwargs):
@@ -210,4 +229,5 @@ def hooks(min_tokens: int, comm_kind: str = "nccl", nccl_max_ctas: int = 0):
         (TARGETS[5], no_tbo_capture, HookType.REPLACE),
         (TARGETS[6], before_decode_graph_capture, HookType.BEFORE),
         (TARGETS[7], children_outside_graphs, HookType.REPLACE),
+        (TARGETS[8], after_prepare_all_gather, HookType.AFTER),
     ]
