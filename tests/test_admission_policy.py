@@ -145,8 +145,10 @@ params_st = st.builds(
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.lists(rank_states, min_size=1, max_size=8), min_size=1, max_size=80), params_st)
-def test_every_rank_reaches_the_same_decisions(passes, params):
-    """Ranks see the gathered list; each runs decide with its own state copy: all stay equal."""
+def test_decide_is_a_pure_function_of_the_gathered_table_and_state(passes, params):
+    """What lockstep rests on: ranks holding the same gathered table and the same state reach the
+    same decision and next state, pass after pass (no hidden inputs such as clocks or globals).
+    Separate processes in lockstep: tests/test_sglang_integration.py, run_lockstep."""
     n_ranks = 4
     states = [EpisodeState()] * n_ranks
     for ranks in passes:

@@ -89,6 +89,23 @@ def test_the_front_end_delays_each_request_by_its_own_draw():
         "ttft_mean_ms"] == round(MODEL.step_ms([300], True), 1)
 
 
+def test_refit_score_is_zero_at_the_model_that_made_the_targets_and_grows_away_from_it():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import sim_refit
+
+    truth = StepModel(c0_ms=4.0, k_ms=0.001)
+    load = {"budget": 4096, "workload": "short", "concurrency_per_rank": 4, "requests_per_client": 2}
+    made = sim_refit.run(NoPolicy(), truth, 0.0, 2, load, 4096)
+    targets = {"plain": {**load, **{m: made[m] for m in sim_refit.METRICS}}}
+    assert sim_refit.score(truth, 0.0, 2, targets)[0] == 0.0
+    slower = sim_refit.score(StepModel(c0_ms=8.0, k_ms=0.001), 0.0, 2, targets)[0]
+    much_slower = sim_refit.score(StepModel(c0_ms=16.0, k_ms=0.002), 0.0, 2, targets)[0]
+    assert 0.05 < slower < much_slower
+
+
 def test_refit_scores_a_grid_against_served_runs_and_compares_policies(tmp_path):
     import sys
     from pathlib import Path

@@ -5,10 +5,12 @@ import json
 import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import serving  # noqa: E402
 from serving import WORKLOADS, Workload, ensure_port_free, load, provenance, scrape, summarize  # noqa: E402
 
 
@@ -122,10 +124,17 @@ def test_steady_rate_counts_requests_sent_between_first_wave_and_last_send():
 
 def test_every_result_file_names_command_machine_and_date(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["benchmarks/tbo_serving.py", "perf", "--dp", "4"])
+    gpu = "GPU 0: NVIDIA H200 (UUID: GPU-0)"
+    monkeypatch.setattr(serving.subprocess, "run", lambda cmd, **kw: SimpleNamespace(stdout=gpu + "\n"))
     p = provenance()
     assert p["command"] == "python3 benchmarks/tbo_serving.py perf --dp 4"
-    assert p["machine"]  # nvidia-smi -L on a GPU machine, "cpu" elsewhere
+    assert p["machine"] == gpu  # nvidia-smi -L
     assert p["date"].startswith("20") and p["date"].endswith("+00:00")
+
+    def no_nvidia_smi(cmd, **kw):
+        raise FileNotFoundError(cmd[0])
+    monkeypatch.setattr(serving.subprocess, "run", no_nvidia_smi)
+    assert provenance()["machine"] == "cpu"
 
 
 def test_server_refuses_a_port_another_process_holds(tmp_path):
@@ -427,7 +436,6 @@ def test_frontend_probe_reads_sglangs_latency_histograms_and_cpu_per_process():
     """A cell of frontend_probe against the stand-in, with a /metrics page like SGLang's that
     grows with the requests served, and a real child process in the server's place."""
     import subprocess
-    from types import SimpleNamespace
 
     import frontend_probe
 

@@ -2,6 +2,7 @@
 row share, and servers sharing one machine (memory fractions, stopping one leaves the others)."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -62,6 +63,7 @@ class FakeServer:
     """Records when it starts and stops; 'delayer' dies at its second timed run."""
     events: list = []
     envs: list = []
+    flags: list = []
 
     def __init__(self, args, log_path, port=30000, env=None):
         self.args, self.port, self.url, self.env = args, port, f"http://127.0.0.1:{port}", env
@@ -74,6 +76,7 @@ class FakeServer:
     def __enter__(self):
         FakeServer.events.append(("start", self.name))
         FakeServer.envs.append(self.env)
+        FakeServer.flags.append(self.args)
         return self
 
     def __exit__(self, *exc):
@@ -94,7 +97,7 @@ class FakeServer:
 
 @pytest.fixture
 def fake_servers(monkeypatch):
-    FakeServer.events, FakeServer.envs = [], []
+    FakeServer.events, FakeServer.envs, FakeServer.flags = [], [], []
     urls = []
 
     def fake_load(url, reqs, concurrency, progress="", request_rate=None, seed=0):
@@ -123,12 +126,14 @@ def test_interleaved_servers_run_side_by_side_and_take_turns(tmp_path, fake_serv
     assert "ConnectionRefusedError" in result["failed_configs"]["delayer"]
     assert "delayer log" in result["failed_configs"]["delayer"]
     assert result["interleaved"] is True
-    # every server times its forward passes on the GPU (SGLang's device timer)
+    # every server gets SGLang's device timer switched on; these fakes serve no per-pass GPU times
+    assert FakeServer.envs == [{"SGLANG_ENABLE_METRICS_DEVICE_TIMER": "1"}] * 3
     assert all(r["gpu_forward_s"] == r["tokens_by_prefill_ranks"] == {} for r in result["runs"])
-    assert FakeServer.envs == [admission_ab.SERVER_ENV] * 3
-    # distinct ports, spaced for SGLang's port blocks; memory split so all three fit
+    # distinct ports, spaced for SGLang's port blocks
     assert sorted(set(fake_servers)) == ["http://127.0.0.1:30000", "http://127.0.0.1:30100",
                                           "http://127.0.0.1:30200"]
+    # memory split so all three fit: a quarter of the GPU each, of what is free at each start
+    assert [f[f.index("--mem-fraction-static") + 1] for f in FakeServer.flags] == ["0.25", "0.333", "0.5"]
 
 
 def test_warmup_repeats_run_first_rotated_and_are_marked(tmp_path, fake_servers, capsys):
@@ -169,23 +174,51 @@ def test_interleave_refuses_a_fixed_memory_fraction(tmp_path, fake_servers):
     assert FakeServer.events == []
 
 
-def test_stopping_one_server_leaves_another_servers_processes(tmp_path):
-    """Server.__exit__ kills stray `sglang::` processes of its own session only."""
-    def sleeper(tag):  # a process whose command line carries SGLang's process-title prefix
-        return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", f"sglang::{tag}"],
-                                start_new_session=True)
+# A launcher whose scheduler left its process group (as a crashed launcher's children can be
+# left behind): the stray keeps the launcher's session, which only the pkill reaches.
+LAUNCHER_WITH_STRAY = """
+import os, subprocess, sys, time
+stray = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "sglang::stray"],
+                         preexec_fn=lambda: os.setpgid(0, 0))
+print(stray.pid, flush=True)
+time.sleep(60)
+"""
 
-    mine, other = sleeper("mine"), sleeper("other")
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie waiting for a parent that will not reap it."""
     try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_stopping_one_server_leaves_another_servers_processes(tmp_path):
+    """Server.__exit__ stops its launcher and kills stray `sglang::` processes of its own
+    session, and of no other."""
+    mine = subprocess.Popen([sys.executable, "-c", LAUNCHER_WITH_STRAY, "sglang::mine"],
+                            start_new_session=True, stdout=subprocess.PIPE, text=True)
+    stray = int(mine.stdout.readline())
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "sglang::other"],
+                             start_new_session=True)
+    try:
+        assert alive(stray) and os.getpgid(stray) != os.getpgid(mine.pid)
         server = serving.Server([], str(tmp_path / "log"))
         server.proc, server.log = mine, open(tmp_path / "log", "w")
         server.__exit__(None, None, None)
         assert mine.poll() is not None
-        time.sleep(0.2)
+        deadline = time.time() + 10
+        while alive(stray) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not alive(stray), "the server's stray process survived"
         assert other.poll() is None, "another server's process was killed"
     finally:
-        other.kill()
-        other.wait()
+        for proc in (other, mine):
+            proc.kill()
+            proc.wait()
+        if alive(stray):
+            os.kill(stray, 9)
 
 
 @pytest.mark.parametrize("mode", ["--interleave", "--no-interleave"])

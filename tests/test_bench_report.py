@@ -125,8 +125,10 @@ def test_a_config_whose_packages_are_missing_is_reported_not_started(tmp_path, m
 
     import admission_ab
 
-    # deep_ep is not installed here (deep_gemm is: SGLang 0.5.17 depends on sgl-deep-gemm); the
-    # harness must say so, not crash in a server start or leave the config out silently.
+    # a machine with DeepGEMM but without DeepEP (as CI: SGLang 0.5.17 depends on sgl-deep-gemm);
+    # the harness must say so, not crash in a server start or leave the config out silently
+    monkeypatch.setattr(admission_ab.importlib.util, "find_spec",
+                        lambda name: None if name == "deep_ep" else "a module spec")
     assert admission_ab.missing_packages("deepep_tbo") == ["deep_ep"]
     assert admission_ab.missing_packages("deepep_normal") == ["deep_ep"]  # every DeepEP config
     assert admission_ab.missing_packages("plain") == []

@@ -16,6 +16,8 @@ from aiohttp import web
 
 
 def free_port():
+    """A port free now, for the router binary, which takes its port on the command line (another
+    process could take it before the router binds it: the one race left)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -49,8 +51,9 @@ def start_worker(seen):
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(app)
     loop.run_until_complete(runner.setup())
-    port = free_port()
-    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+    site = web.TCPSite(runner, "127.0.0.1", 0)  # the kernel's free port, held from here on
+    loop.run_until_complete(site.start())
+    port = site._server.sockets[0].getsockname()[1]
     threading.Thread(target=loop.run_forever, daemon=True).start()
     return f"http://127.0.0.1:{port}"
 

@@ -39,7 +39,7 @@ class RankState:
     """What one DP rank reports each pass. All integers, so it packs into one int64 row."""
 
     waiting_reqs: int  # requests this rank could admit now
-    pending_tokens: int  # their uncached input tokens plus a chunked prefill's remainder
+    pending_tokens: int  # their input tokens (prefix-cache hits counted too) plus a chunked prefill's remainder
     running_reqs: int  # requests decoding
     kv_usage_permille: int  # KV cache usage, 0..1000
     chunked: int  # 1 while a chunked prefill is in progress
