@@ -1,7 +1,7 @@
 """The most two-batch overlap can gain per MoE layer, from two layer-benchmark results.
 
     python3 benchmarks/tbo_cap.py --compute WORLD1/tbo_layer.json --comm DP4/tbo_layer.json \
-        [--experts fused] [--comm-scale 2.333 --label DP8] [--out DIR]
+        [--experts fused] [--comm-scale 2.333 --label DP8] [--expert-ms SHAPE=FROM:TO ...] [--out DIR]
 
 Overlap hides the all_gather/reduce_scatter behind the other micro-batch's compute, so a layer
 can at best shrink from compute + comm to compute. For each shape and tokens per rank found in
@@ -16,6 +16,10 @@ The --compute file may come from one GPU: at world 1 and T tokens a rank does th
 does at T tokens per rank, and its comm_ms is only NCCL's launch cost, so the layer's own time
 stands in for compute. --comm-scale projects the comm to another DP size: a rank receives
 dp - 1 ranks' rows, so DP8 moves 7/3 of DP4's bytes (the same NVLink bandwidth per GPU assumed).
+The world-1 layer runs its experts as one call of T rows over the whole intermediate dim, where a
+DP-w rank runs w x T rows over 1/w of it: the same FLOPs at another kernel efficiency.
+--expert-ms SHAPE=FROM:TO swaps that call's time (FROM, world 1) for the DP-w call's (TO), both
+from `moe_tune.py`, in that shape's layer time.
 Writes DIR/tbo_cap.json, or DIR/tbo_cap_LABEL.json, (command, inputs, rows) when --out is given.
 """
 
@@ -35,18 +39,36 @@ def per_layer(path: str) -> list[dict]:
         return json.load(f)["per_layer"]
 
 
-def caps(compute_rows: list[dict], comm_rows: list[dict], experts: str, comm_scale: float = 1.0) -> list[dict]:
-    """One row per (shape, tokens) present in both: layer ms, comm ms, share and cap."""
+def caps(compute_rows: list[dict], comm_rows: list[dict], experts: str, comm_scale: float = 1.0,
+         expert_ms: dict[str, tuple[float, float]] | None = None) -> list[dict]:
+    """One row per (shape, tokens) present in both: layer ms, comm ms, share and cap.
+    `expert_ms`: shape -> (world-1 expert call ms, DP-w expert call ms) swapped in the layer."""
     comm = {(r["shape"], r["tokens_per_rank"]): r["comm_ms"] for r in comm_rows if r["comm"] == "nccl"}
     out = []
     for r in compute_rows:
         key = (r["shape"], r["tokens_per_rank"])
         if r.get("experts", "dense") != experts or r["comm"] != "nccl" or key not in comm:
             continue
+        swap = (expert_ms or {}).get(key[0])
+        layer = r["serial_ms"] - swap[0] + swap[1] if swap else r["serial_ms"]
         moved = comm[key] * comm_scale
-        share = moved / (moved + r["serial_ms"])
-        out.append({"shape": key[0], "tokens_per_rank": key[1], "layer_ms": r["serial_ms"],
-                    "comm_ms": round(moved, 3), "share": round(share, 3), "cap": round(1 / (1 - share), 3)})
+        share = moved / (moved + layer)
+        out.append({"shape": key[0], "tokens_per_rank": key[1], "layer_ms": round(layer, 3),
+                    "comm_ms": round(moved, 3), "share": round(share, 3), "cap": round(1 / (1 - share), 3),
+                    **({"expert_swap_ms": list(swap)} if swap else {})})
+    return out
+
+
+def expert_swaps(items: list[str]) -> dict[str, tuple[float, float]]:
+    """['SHAPE=FROM:TO', ...] -> {SHAPE: (FROM, TO)}."""
+    out = {}
+    for item in items:
+        try:
+            shape, times = item.split("=")
+            before, after = (float(x) for x in times.split(":"))
+        except ValueError:
+            raise SystemExit(f"--expert-ms takes SHAPE=FROM_MS:TO_MS, got {item!r}") from None
+        out[shape] = (before, after)
     return out
 
 
@@ -56,10 +78,13 @@ def main(argv=None) -> int:
     ap.add_argument("--comm", required=True, help="tbo_layer.json of a multi-GPU run whose comm time is used")
     ap.add_argument("--experts", default="fused", help="the --compute file's expert kind to read")
     ap.add_argument("--comm-scale", type=float, default=1.0, help="multiply the comm time (another DP size)")
+    ap.add_argument("--expert-ms", action="append", default=[], metavar="SHAPE=FROM:TO",
+                    help="swap the world-1 expert call (FROM ms) for the DP-w one (TO ms) in SHAPE's layer")
     ap.add_argument("--label", default="", help="a name for the projection, printed and recorded")
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
-    rows = caps(per_layer(args.compute), per_layer(args.comm), args.experts, args.comm_scale)
+    swaps = expert_swaps(args.expert_ms)
+    rows = caps(per_layer(args.compute), per_layer(args.comm), args.experts, args.comm_scale, swaps)
     if not rows:
         raise SystemExit(f"no (shape, tokens) has both --experts {args.experts} rows in {args.compute} "
                          f"and NCCL rows in {args.comm}")
@@ -73,7 +98,7 @@ def main(argv=None) -> int:
         name = f"tbo_cap_{args.label}.json" if args.label else "tbo_cap.json"
         record_json(os.path.join(args.out, name),
                     {**provenance(), "compute": args.compute, "comm": args.comm, "experts": args.experts,
-                     "comm_scale": args.comm_scale, "label": args.label, "rows": rows})
+                     "comm_scale": args.comm_scale, "expert_ms": swaps, "label": args.label, "rows": rows})
     return 0
 
 

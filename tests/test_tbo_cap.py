@@ -40,3 +40,15 @@ def test_files_without_a_common_cell_are_refused(tmp_path):
     b.write_text(json.dumps({"per_layer": [layer("q", 8192, comm=1.4)]}))
     with pytest.raises(SystemExit, match="no \\(shape, tokens\\) has both"):
         tbo_cap.main(["--compute", str(a), "--comm", str(b)])
+
+
+def test_expert_ms_swaps_the_world1_expert_call_for_the_dp_one():
+    compute = [layer("ds", 8192, serial=26.7, experts="fused"), layer("q", 8192, serial=11.5, experts="fused")]
+    comm = [layer("ds", 8192, comm=2.4), layer("q", 8192, comm=1.4)]
+    swaps = tbo_cap.expert_swaps(["q=4.7:7.44"])
+    rows = tbo_cap.caps(compute, comm, "fused", expert_ms=swaps)
+    assert rows[0]["layer_ms"] == 26.7 and "expert_swap_ms" not in rows[0]  # no swap for ds
+    assert rows[1]["layer_ms"] == round(11.5 - 4.7 + 7.44, 3) and rows[1]["expert_swap_ms"] == [4.7, 7.44]
+    assert rows[1]["share"] == round(1.4 / (1.4 + 11.5 - 4.7 + 7.44), 3)
+    with pytest.raises(SystemExit, match="SHAPE=FROM_MS:TO_MS"):
+        tbo_cap.expert_swaps(["q=4.7"])
