@@ -8,26 +8,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from sglang_helpers import ROOT, last_json, run_python
+from sglang_helpers import ROOT, parse_many
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import admission_ab  # noqa: E402
 import tbo_serving  # noqa: E402
-
-PARSE_ALL = """
-import json, sys
-from sglang.srt.plugins import load_plugins
-load_plugins()
-from sglang.srt.server_args import prepare_server_args
-out = {}
-for name, argv in json.loads(sys.argv[1]).items():
-    try:
-        prepare_server_args(argv + ["--device", "cpu"])
-        out[name] = None
-    except BaseException as exc:
-        out[name] = f"{type(exc).__name__}: {exc}"
-print(json.dumps(out))
-"""
 
 TBO_MODELS = ("models/qwen3-moe-tiny", "models/qwen3-235b-width", "models/deepseek-v3-width")
 
@@ -70,11 +55,10 @@ def parsed():
     # server without it, as a real launcher would: the two kinds parse in separate processes.
     out = {}
     for atom in (False, True):
-        group = {name: argv for name, argv in servers.items() if ("atom" in argv) == atom}
-        proc = run_python(PARSE_ALL.replace("sys.argv[1]", repr(json.dumps(group))), timeout=600)
-        out.update(last_json(proc))
+        out.update(parse_many({name: argv + ["--device", "cpu"]
+                               for name, argv in servers.items() if ("atom" in argv) == atom}))
     assert out.keys() == servers.keys()
-    return out
+    return {name: None if result is None else ": ".join(result) for name, result in out.items()}
 
 
 def test_every_benchmark_server_parses(parsed):

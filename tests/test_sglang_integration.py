@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from sglang_helpers import CPU_ARGS, QWEN, ROOT, last_json, run_python
+from sglang_helpers import CPU_ARGS, QWEN, ROOT, last_json, parse_many, run_python
 
 SCHEDULER_TARGETS = [
     "sglang.srt.managers.scheduler.Scheduler.init_schedule_policy",
@@ -132,27 +132,6 @@ ERROR_CASES = {
                         "splits prefill-only batches; drop --enable-mixed-chunk"),
 }
 
-ERRORS_SCRIPT = """
-import json, os, sys
-from sglang.srt.plugins import load_plugins
-load_plugins()
-from sglang.srt.server_args import prepare_server_args
-cases, base, llama = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
-out = {}
-for name, (extra, _) in cases.items():
-    argv = list(base)
-    if "--model-path" in extra:
-        argv[argv.index("--model-path") + 1] = llama
-        extra = []
-    try:
-        prepare_server_args(argv + extra)
-        out[name] = None
-    except BaseException as exc:
-        out[name] = [type(exc).__name__, str(exc)]
-print(json.dumps(out))
-"""
-
-
 @pytest.fixture(scope="module")
 def error_results(tmp_path_factory):
     llama = tmp_path_factory.mktemp("llama")
@@ -163,9 +142,14 @@ def error_results(tmp_path_factory):
         "rms_norm_eps": 1e-6, "torch_dtype": "bfloat16"}))
     base = ["--model-path", QWEN, *CPU_ARGS, "--tp", "2", "--dp", "2", "--enable-dp-attention",
             "--backend", "atom"]
-    proc = subprocess.run([sys.executable, "-c", ERRORS_SCRIPT, json.dumps(ERROR_CASES), json.dumps(base),
-                           str(llama)], capture_output=True, text=True, timeout=300, cwd=ROOT)
-    return last_json(proc)
+    argvs = {}
+    for name, (extra, _) in ERROR_CASES.items():
+        argv = list(base)
+        if "--model-path" in extra:
+            argv[argv.index("--model-path") + 1] = str(llama)
+            extra = []
+        argvs[name] = argv + extra
+    return parse_many(argvs)
 
 
 @pytest.mark.parametrize("case", sorted(ERROR_CASES))
