@@ -19,12 +19,17 @@ It times, with CUDA events on rank 0 (median of --iters):
   comm        both micro-batches' all_gather + reduce_scatter, no compute
   serial      the whole batch, collectives waited for in place (no overlap)
   overlapped  two micro-batches through sglang_atom.tbo.overlap (the production executor)
+  plain       the whole batch with plain SGLang's collectives (`SglangSumLenComm`: two
+              all-reduces of every rank's rows), what a server without TBO runs; plain_comm
+              is those collectives alone (default NCCL only)
 
 and reports speedup = serial / overlapped and overlap efficiency = (compute + comm -
 overlapped) / min(compute, comm), the share of the shorter side that was hidden. Both rise when
 comm itself gets slower (fewer NCCL CTAs), so every row also has vs_nccl_serial: the serial time
 of the same cell over the default NCCL communicator divided by this row's overlapped time, the
-gain over not overlapping at all with NCCL's own settings.
+gain over not overlapping at all with NCCL's own settings. vs_plain = plain / overlapped is the
+gain over what SGLang itself runs: all_gather + reduce_scatter move half the bytes of its two
+all-reduces, and the overlap hides part of the rest.
 
 --comm picks the transports to compare: `nccl` (c10d async collectives, `tbo.overlap.OverlapComm`)
 and `copy-engine` (symmetric memory and copy engines, `tbo.copy_engine.CopyEngineComm`). Before
@@ -55,7 +60,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from moe_tune import publish_server_args  # noqa: E402
 from serving import MOE_CONFIGS_HELP, moe_configs_env, provenance, record_json  # noqa: E402
 from sglang_atom.tbo.overlap import (  # noqa: E402
-    make_transport, micro_batch_program, nccl_group, run_interleaved)
+    RowsAndBuffers, make_transport, micro_batch_program, nccl_group, run_interleaved)
 from sglang_atom.tbo.split import micro_batch_rows  # noqa: E402
 
 SHAPES = {
@@ -121,6 +126,47 @@ class FusedExperts:
 
 
 EXPERTS = {cls.kind: cls for cls in (DenseExperts, FusedExperts)}  # --experts: name -> class
+
+
+class SglangSumLenComm(RowsAndBuffers):
+    """Plain SGLang 0.5.17's MoE collectives in a SUM_LEN pass, as the baseline a server without
+    TBO runs: every extend pass that no prefill CUDA graph covers (DeepSeek's MLA models always,
+    any model served eager or past the graph sizes). The gather zero-fills a buffer of every rank's
+    rows, copies this rank's rows into its slot and all-reduces it
+    (`layers/dp_attention.py` `_dp_gather_via_all_reduce`); the MoE layer all-reduces its partial
+    sums itself (the communicator's `should_use_reduce_scatter` is false for SUM_LEN without EP);
+    `dp_scatter` copies this rank's rows out. A ring all-reduce is a reduce_scatter followed by an
+    all_gather, so these two move twice the bytes of one all_gather plus one reduce_scatter.
+    Synchronous in SGLang; here issue/wait are called back to back, which is the same."""
+
+    def __init__(self, group, hidden: int, dtype: torch.dtype, device):
+        super().__init__(hidden, dtype, device, dist.get_world_size(group), dist.get_rank(group))
+        self.group = group
+        self._pending: dict[tuple[str, int], tuple[object, torch.Tensor]] = {}
+
+    def _slot(self, mb: int) -> slice:
+        start = sum(self.rows[mb][: self.rank])
+        return slice(start, start + self.rows[mb][self.rank])
+
+    def issue_gather(self, mb: int, local: torch.Tensor) -> None:
+        out = self._buffer("gathered", mb, sum(self.rows[mb]))
+        out.zero_()
+        out[self._slot(mb)].copy_(local)
+        self._pending[("gather", mb)] = (dist.all_reduce(out, group=self.group, async_op=True), out)
+
+    def wait_gather(self, mb: int) -> torch.Tensor:
+        work, out = self._pending.pop(("gather", mb))
+        work.wait()
+        return out
+
+    def issue_scatter(self, mb: int, partial: torch.Tensor) -> None:
+        self._pending[("scatter", mb)] = (dist.all_reduce(partial, group=self.group, async_op=True), partial)
+
+    def wait_scatter(self, mb: int) -> torch.Tensor:
+        work, summed = self._pending.pop(("scatter", mb))
+        work.wait()
+        out = self._buffer("scattered", mb, self.rows[mb][self.rank])
+        return out.copy_(summed[self._slot(mb)])
 
 
 HEAD_DIM = 128
@@ -214,7 +260,8 @@ def timed(fn, device, iters):
 
 def check(comm_kind, group, shape, world, rank, device, dtype, layers, experts, attention_core):
     """Overlapped two micro-batches must give the serial whole batch's output, on rows that
-    differ in number and content per rank (pad rows included)."""
+    differ in number and content per rank (pad rows included); over c10d, so must the plain-SGLang
+    baseline (`SglangSumLenComm`)."""
     tokens = [96 - 13 * r for r in range(world)]
     halves = micro_batch_rows(tokens)  # the token-even rule the serving path uses
     split = StandInOps(shape, rank, [halves[0][rank], halves[1][rank]], device, dtype, experts, attention_core)
@@ -224,19 +271,30 @@ def check(comm_kind, group, shape, world, rank, device, dtype, layers, experts, 
     for mb in (0, 1):
         comm.set_rows(mb, halves[mb])
     whole_comm.set_rows(0, tokens)
-    run_interleaved([micro_batch_program(mb, layers, split, comm) for mb in (0, 1)])
+    runs = {comm_kind: (split, [micro_batch_program(mb, layers, split, comm) for mb in (0, 1)])}
+    if comm_kind == "nccl":
+        plain = StandInOps(shape, rank, [tokens[rank]], device, dtype, experts, attention_core)
+        plain.x[0] = whole.x[0].clone()
+        plain_comm = SglangSumLenComm(group, shape["hidden"], dtype, device)
+        plain_comm.set_rows(0, tokens)
+        runs["plain SGLang"] = (plain, [micro_batch_program(0, layers, plain, plain_comm)])
     run_interleaved([micro_batch_program(0, layers, whole, whole_comm)])
-    got, want = torch.cat([split.x[0], split.x[1]]).float(), whole.x[0].float()
-    err = ((got - want).abs().max() / want.abs().max()).item()
-    if not err < 2e-2:
-        raise RuntimeError(f"{comm_kind} on rank {rank}: overlapped output differs from serial "
-                           f"(max relative error {err:.3g})")
-    if rank == 0:
-        print(f"check {comm_kind} {shape['name']} {experts.kind} experts: max relative error "
-              f"{err:.2g}", flush=True)
+    want = whole.x[0].float()
+    for label, (ops, programs) in runs.items():
+        run_interleaved(programs)
+        got = torch.cat([ops.x[mb] for mb in sorted(ops.x)]).float()
+        err = ((got - want).abs().max() / want.abs().max()).item()
+        if not err < 2e-2:
+            raise RuntimeError(f"{label} on rank {rank}: output differs from the serial whole batch "
+                               f"(max relative error {err:.3g})")
+        if rank == 0:
+            print(f"check {label} {shape['name']} {experts.kind} experts: max relative error "
+                  f"{err:.2g}", flush=True)
 
 
-def measure(comm_kind, group, shape, world, rank, tokens, layers, device, dtype, args, experts):
+def measure(comm_kind, group, shape, world, rank, tokens, layers, device, dtype, args, experts,
+            with_plain=False):
+    """One cell's times; with_plain adds the plain-SGLang baseline over the same group."""
     kind = experts.kind
     halves = [tokens // 2, tokens - tokens // 2]
     core = args.attention == "sdpa"
@@ -276,8 +334,27 @@ def measure(comm_kind, group, shape, world, rank, tokens, layers, device, dtype,
     def overlapped():
         run_interleaved([micro_batch_program(mb, layers, ops, comm) for mb in (0, 1)])
 
-    t = {k: timed(f, device, args.iters) for k, f in
-         (("compute", compute_only), ("comm", comm_only), ("serial", serial), ("overlapped", overlapped))}
+    cases = [("compute", compute_only), ("comm", comm_only), ("serial", serial), ("overlapped", overlapped)]
+    if with_plain:
+        plain = StandInOps(shape, rank, [tokens], device, dtype, experts, core)
+        plain_comm = SglangSumLenComm(group, shape["hidden"], dtype, device)
+        plain_comm.set_rows(0, [tokens] * world)
+        # zeros: summed in place on every call, random rows would overflow to inf (NCCL's speed
+        # does not depend on the values; the GEMMs', which this does not time, might)
+        whole_rows = torch.zeros(tokens * world, shape["hidden"], device=device, dtype=dtype)
+
+        def plain_serial():
+            run_interleaved([micro_batch_program(0, layers, plain, plain_comm)])
+
+        def plain_comm_only():
+            for _ in range(layers):
+                plain_comm.issue_gather(0, plain.x[0])
+                plain_comm.wait_gather(0)
+                plain_comm.issue_scatter(0, whole_rows)
+                plain_comm.wait_scatter(0)
+
+        cases += [("plain", plain_serial), ("plain_comm", plain_comm_only)]
+    t = {k: timed(f, device, args.iters) for k, f in cases}
     if args.profile and device.type == "cuda":
         for label, fn in (("overlapped", overlapped), ("serial", serial)):
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
@@ -292,13 +369,17 @@ def measure(comm_kind, group, shape, world, rank, tokens, layers, device, dtype,
             "layers": layers, "world": world, "comm_priority": args.comm_priority, **derived(t)}
 
 
+TIMES = ("compute", "comm", "serial", "overlapped", "plain", "plain_comm")  # plain*: optional
+
+
 def derived(t: dict) -> dict:
-    """Times in ms of compute, comm, serial, overlapped -> the row's numbers."""
+    """Times in ms of compute, comm, serial, overlapped (and plain, plain_comm) -> the row's numbers."""
     hidden = t["compute"] + t["comm"] - t["overlapped"]
     return {**{f"{k}_ms": round(v, 3) for k, v in t.items()},
             "comm_share": round(t["comm"] / (t["comm"] + t["compute"]), 3),
             "speedup": round(t["serial"] / t["overlapped"], 3),
-            "overlap_efficiency": round(hidden / min(t["compute"], t["comm"]), 3)}
+            "overlap_efficiency": round(hidden / min(t["compute"], t["comm"]), 3),
+            **({"vs_plain": round(t["plain"] / t["overlapped"], 3)} if "plain" in t else {})}
 
 
 def marginal(rows: list[dict]) -> list[dict]:
@@ -312,22 +393,27 @@ def marginal(rows: list[dict]) -> list[dict]:
         if hi["layers"] == lo["layers"]:
             continue
         n = hi["layers"] - lo["layers"]
-        t = {k: (hi[f"{k}_ms"] - lo[f"{k}_ms"]) / n for k in ("compute", "comm", "serial", "overlapped")}
+        t = {k: (hi[f"{k}_ms"] - lo[f"{k}_ms"]) / n for k in TIMES if f"{k}_ms" in lo and f"{k}_ms" in hi}
         out.append({"comm": cell[0], "shape": cell[1], "experts": cell[2], "tokens_per_rank": cell[3],
                     "layers": f"per layer, {lo['layers']}->{hi['layers']}", **derived(t)})
     return out
 
 
-def against_nccl_serial(rows: list[dict]) -> list[dict]:
+def against_baselines(rows: list[dict]) -> list[dict]:
     """Each row with vs_nccl_serial = serial time of the same (shape, experts, tokens, layers) over
-    the default NCCL communicator / this row's overlapped time; rows without such a baseline as
-    they are."""
+    the default NCCL communicator / this row's overlapped time, and vs_plain = that cell's plain
+    SGLang time / this row's overlapped time (rows of other transports have no plain time of
+    their own); rows without such baselines as they are."""
     cell_of = lambda r: (r["shape"], r.get("experts", "dense"), r["tokens_per_rank"], r["layers"])  # noqa: E731
-    serial = {cell_of(r): r["serial_ms"] for r in rows if r["comm"] == "nccl"}
+    default = {cell_of(r): r for r in rows if r["comm"] == "nccl"}
     out = []
     for r in rows:
-        base = serial.get(cell_of(r))
-        out.append({**r, "vs_nccl_serial": round(base / r["overlapped_ms"], 3)} if base else r)
+        base = default.get(cell_of(r))
+        if base:
+            r = {**r, "vs_nccl_serial": round(base["serial_ms"] / r["overlapped_ms"], 3)}
+            if "plain_ms" in base:
+                r["vs_plain"] = round(base["plain_ms"] / r["overlapped_ms"], 3)
+        out.append(r)
     return out
 
 
@@ -379,7 +465,7 @@ def worker(rank, world, args, init_file, queue):
                 for tokens in [int(t) for t in args.tokens.split(",")]:
                     for layers in [int(n) for n in args.layers.split(",")]:
                         row = measure(comm_kind, comm_group, shape, world, rank, tokens, layers, device,
-                                      dtype, args, experts)
+                                      dtype, args, experts, with_plain=label == "nccl")
                         rows.append(row | {"comm": label, "nccl_max_ctas": max_ctas})
                         if rank == 0:
                             print(json.dumps(rows[-1]), flush=True)
@@ -463,19 +549,20 @@ def main(argv=None) -> int:
     rows = rank0_rows(queue, procs)
     for p in procs:
         p.join(timeout=60)
-    rows, per_layer = against_nccl_serial(rows), against_nccl_serial(marginal(rows))
+    rows, per_layer = against_baselines(rows), against_baselines(marginal(rows))
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         record_json(os.path.join(args.out, "tbo_layer.json"),
                     {**provenance(), "moe_configs": args.moe_configs, "rows": rows, "per_layer": per_layer,
                      "env": {k: v for k, v in os.environ.items() if k.startswith(("NCCL_", "TORCH_NCCL_"))}})
     print(f"{'comm':12} {'shape':20} {'experts':7} {'T/rank':>7} {'layers':>18} {'compute':>8} {'comm':>7} "
-          f"{'serial':>7} {'overlap':>8} {'speedup':>7} {'eff':>5} {'vs nccl serial':>14}")
+          f"{'serial':>7} {'overlap':>8} {'speedup':>7} {'eff':>5} {'vs nccl serial':>14} {'plain':>7} "
+          f"{'vs plain':>8}")
     for r in rows + per_layer:
         print(f"{r['comm']:12} {r['shape']:20} {r['experts']:7} {r['tokens_per_rank']:>7} {r['layers']:>18} "
               f"{r['compute_ms']:>8} {r['comm_ms']:>7} "
               f"{r['serial_ms']:>7} {r['overlapped_ms']:>8} {r['speedup']:>7} {r['overlap_efficiency']:>5} "
-              f"{r.get('vs_nccl_serial', '-'):>14}")
+              f"{r.get('vs_nccl_serial', '-'):>14} {r.get('plain_ms', '-'):>7} {r.get('vs_plain', '-'):>8}")
     return 0
 
 

@@ -52,3 +52,15 @@ def test_expert_ms_swaps_the_world1_expert_call_for_the_dp_one():
     assert rows[1]["share"] == round(1.4 / (1.4 + 11.5 - 4.7 + 7.44), 3)
     with pytest.raises(SystemExit, match="SHAPE=FROM_MS:TO_MS"):
         tbo_cap.expert_swaps(["q=4.7"])
+
+
+def test_the_cap_against_plain_sglang_uses_its_measured_comm_or_says_it_is_estimated():
+    compute = [layer("ds", 8192, serial=26.7, experts="fused"), layer("q", 8192, serial=11.5, experts="fused")]
+    comm = [layer("ds", 8192, comm=2.4) | {"plain_comm_ms": 4.5}, layer("q", 8192, comm=1.4)]
+    measured_only = tbo_cap.caps(compute, comm, "fused")
+    assert measured_only[0]["plain_comm"] == "measured" and measured_only[0]["cap_vs_plain"] == round(31.2 / 26.7, 3)
+    assert "cap_vs_plain" not in measured_only[1]  # no plain time and no factor: no guess
+    rows = tbo_cap.caps(compute, comm, "fused", comm_scale=2.0, plain_comm_factor=2.0)
+    assert rows[0]["plain_comm_ms"] == 9.0 and rows[0]["plain_comm"] == "measured"  # measured wins
+    assert rows[1]["plain_comm_ms"] == 5.6 and rows[1]["plain_comm"] == "estimated: 2.0 x comm"
+    assert rows[1]["cap_vs_plain"] == round((11.5 + 5.6) / 11.5, 3) > rows[1]["cap"]

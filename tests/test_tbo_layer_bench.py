@@ -21,7 +21,7 @@ def test_slower_comm_raises_efficiency_but_not_the_gain_over_default_nccl():
     6x longer, and ended slower than default NCCL run serially."""
     default = row("nccl", 4, 14.88, 1.12, 16.42, 16.06)
     ctas2 = row("nccl-ctas2", 4, 15.32, 7.17, 20.97, 16.58)
-    out = tbo_layer_bench.against_nccl_serial([default, ctas2])
+    out = tbo_layer_bench.against_baselines([default, ctas2])
     assert ctas2["overlap_efficiency"] > 0.8 > default["overlap_efficiency"]
     assert out[1]["vs_nccl_serial"] == round(16.42 / 16.58, 3) < 1.0
     assert out[0]["vs_nccl_serial"] == round(16.42 / 16.06, 3)
@@ -30,9 +30,9 @@ def test_slower_comm_raises_efficiency_but_not_the_gain_over_default_nccl():
 def test_rows_without_a_default_nccl_baseline_are_left_as_they_are():
     ce = row("copy-engine", 4, 10.0, 1.0, 11.0, 10.5)
     other_depth = row("nccl", 12, 30.0, 3.0, 33.0, 31.0)
-    assert tbo_layer_bench.against_nccl_serial([ce, other_depth])[0] == ce
+    assert tbo_layer_bench.against_baselines([ce, other_depth])[0] == ce
     per_layer = tbo_layer_bench.marginal([row("nccl", 4, 10, 1, 11, 10.5), row("nccl", 12, 30, 3, 33, 31)])
-    assert per_layer[0]["serial_ms"] == 2.75 and "vs_nccl_serial" in tbo_layer_bench.against_nccl_serial(per_layer)[0]
+    assert per_layer[0]["serial_ms"] == 2.75 and "vs_nccl_serial" in tbo_layer_bench.against_baselines(per_layer)[0]
 
 
 def test_dense_and_fused_expert_rows_of_one_cell_stay_apart():
@@ -44,7 +44,7 @@ def test_dense_and_fused_expert_rows_of_one_cell_stay_apart():
              row("nccl", 12, 60, 3, 63, 61) | {"experts": "fused"}]
     per_layer = {r["experts"]: r for r in tbo_layer_bench.marginal(dense + fused)}
     assert per_layer["dense"]["compute_ms"] == 2.5 and per_layer["fused"]["compute_ms"] == 5.0
-    baselined = tbo_layer_bench.against_nccl_serial(dense + fused)
+    baselined = tbo_layer_bench.against_baselines(dense + fused)
     assert [r["vs_nccl_serial"] for r in baselined] == [round(11 / 10.5, 3), round(33 / 31, 3),
                                                         round(21 / 20.5, 3), round(63 / 61, 3)]
 
@@ -97,3 +97,61 @@ def test_micro_batch_1_may_not_use_another_layers_prefix():
     split.attention(0, 0)
     with pytest.raises(AssertionError, match="micro-batch 0's attention must run first"):
         split.attention(1, 1)
+
+
+def test_plain_sglang_rows_give_vs_plain_to_every_transport_of_their_cell():
+    """vs_plain divides the cell's plain-SGLang time (measured over default NCCL only) by each
+    row's overlapped time, per layer too."""
+    def timed_row(comm, layers, overlapped, plain=None):
+        t = {"compute": 10.0 * layers, "comm": 1.0 * layers, "serial": 11.0 * layers, "overlapped": overlapped}
+        if plain:
+            t |= {"plain": plain, "plain_comm": 2.0 * layers}
+        return {"comm": comm, "shape": "s", "tokens_per_rank": 8192, "layers": layers, **tbo_layer_bench.derived(t)}
+
+    rows = [timed_row("nccl", 4, 42.0, plain=48.0), timed_row("copy-engine", 4, 40.0),
+            timed_row("nccl", 12, 122.0, plain=144.0), timed_row("copy-engine", 12, 120.0)]
+    assert rows[0]["vs_plain"] == round(48 / 42, 3) and "vs_plain" not in rows[1]
+    out = tbo_layer_bench.against_baselines(rows)
+    assert [r["vs_plain"] for r in out] == [round(48 / 42, 3), round(48 / 40, 3), round(144 / 122, 3), 1.2]
+    per_layer = tbo_layer_bench.against_baselines(tbo_layer_bench.marginal(rows))
+    nccl, ce = sorted(per_layer, key=lambda r: r["comm"], reverse=True)
+    assert nccl["plain_ms"] == 12.0 and nccl["plain_comm_ms"] == 2.0 and nccl["vs_plain"] == round(12 / 10, 3)
+    assert "plain_ms" not in ce and ce["vs_plain"] == round(12 / 10, 3)
+
+
+def test_the_benchmark_runs_on_gloo_and_checks_the_plain_sglang_baseline(tmp_path, capfd):
+    """The whole script on 2 CPU ranks: every transport and the plain-SGLang baseline (two
+    all-reduces of every rank's rows) must reproduce the serial layer on uneven rows before any
+    timing (a baseline copying rows into the wrong slot fails this: checked by breaking it), and
+    the JSON has the plain times and vs_plain."""
+    import json
+
+    assert tbo_layer_bench.main(["--gpus", "2", "--device", "cpu", "--quick", "--shapes", "qwen3-235b-width",
+                                 "--out", str(tmp_path)]) == 0
+    assert "check plain SGLang qwen3-235b-width dense experts" in capfd.readouterr().out  # rank 0 prints it
+    result = json.loads((tmp_path / "tbo_layer.json").read_text())
+    assert result["rows"] and all({"plain_ms", "plain_comm_ms", "vs_plain"} <= set(r) for r in result["rows"])
+    assert all("vs_plain" in r for r in result["per_layer"])
+
+
+def test_the_plain_sglang_baseline_gathers_like_an_all_gather_on_one_rank():
+    """World 1 (gloo): the gather is the rows themselves, the scatter returns this rank's sums."""
+    import os
+    import tempfile
+
+    import torch.distributed as dist
+
+    init = tempfile.mktemp(prefix="plain_comm_")
+    dist.init_process_group("gloo", init_method=f"file://{init}", rank=0, world_size=1)
+    try:
+        comm = tbo_layer_bench.SglangSumLenComm(dist.group.WORLD, 4, torch.float32, "cpu")
+        comm.set_rows(0, [3])
+        rows = torch.arange(12.0).view(3, 4)
+        comm.issue_gather(0, rows)
+        assert torch.equal(comm.wait_gather(0), rows)
+        comm.issue_scatter(0, rows * 2)
+        assert torch.equal(comm.wait_scatter(0), rows * 2)
+    finally:
+        dist.destroy_process_group()
+        if os.path.exists(init):
+            os.remove(init)
