@@ -155,3 +155,21 @@ def test_the_plain_sglang_baseline_gathers_like_an_all_gather_on_one_rank():
         dist.destroy_process_group()
         if os.path.exists(init):
             os.remove(init)
+
+
+def test_comm_probe_times_the_three_collectives_on_gloo(tmp_path, capfd):
+    """comm_probe.py on 2 CPU ranks: one row per size, with the ratio of two all-reduces to an
+    all_gather plus a reduce_scatter computed from its own times."""
+    import json
+
+    import comm_probe
+
+    assert comm_probe.main(["--gpus", "2", "--device", "cpu", "--hidden", "16", "--rows-per-rank", "4,8",
+                            "--iters", "2", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "comm_probe.json").read_text())["rows"]
+    assert [r["rows_per_rank"] for r in rows] == [4, 8] and all(r["world"] == 2 for r in rows)
+    for r in rows:
+        # the row's times are rounded to 3 decimals, its ratio was computed before rounding
+        assert r["ratio"] == pytest.approx(2 * r["all_reduce_ms"] / (r["all_gather_ms"] + r["reduce_scatter_ms"]),
+                                           rel=0.05, abs=0.01)
+    assert "all_reduce" in capfd.readouterr().out
