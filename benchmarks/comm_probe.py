@@ -16,56 +16,27 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import tempfile
-import time
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from serving import provenance, record_json  # noqa: E402
-
-
-def timed(fn, cuda: bool, iters: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(iters):
-        dist.barrier()
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
+from tbo_layer_bench import init_rank, run_ranks, timed  # noqa: E402
 
 
 def worker(rank, world, args, init_file, queue):
-    cuda = args.device == "cuda"
-    if cuda:
-        torch.cuda.set_device(rank)
-    device = torch.device(f"cuda:{rank}" if cuda else "cpu")
-    dtype = torch.bfloat16 if cuda else torch.float32
-    dist.init_process_group("nccl" if cuda else "gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=world, **({"device_id": device} if cuda else {}))
+    device, dtype = init_rank(rank, world, args.device, init_file)
     rows_out = []
     for rows in [int(r) for r in args.rows_per_rank.split(",")]:
         # zeros: summed in place again and again; NCCL's speed does not depend on the values
         gathered = torch.zeros(world * rows, args.hidden, device=device, dtype=dtype)
         local = torch.zeros(rows, args.hidden, device=device, dtype=dtype)
         t = {
-            "all_reduce": timed(lambda: dist.all_reduce(gathered), cuda, args.iters),
-            "all_gather": timed(lambda: dist.all_gather_into_tensor(gathered, local), cuda, args.iters),
-            "reduce_scatter": timed(lambda: dist.reduce_scatter_tensor(local, gathered), cuda, args.iters),
+            "all_reduce": timed(lambda: dist.all_reduce(gathered), device, args.iters),
+            "all_gather": timed(lambda: dist.all_gather_into_tensor(gathered, local), device, args.iters),
+            "reduce_scatter": timed(lambda: dist.reduce_scatter_tensor(local, gathered), device, args.iters),
         }
         mb = world * rows * args.hidden * gathered.element_size() / 1e6
         rows_out.append({"world": world, "rows_per_rank": rows, "hidden": args.hidden, "gathered_mb": round(mb, 1),
@@ -85,17 +56,7 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    init_file = tempfile.mktemp(prefix="comm_probe_")
-    procs = [ctx.Process(target=worker, args=(r, args.gpus, args, init_file, queue)) for r in range(args.gpus)]
-    for p in procs:
-        p.start()
-    rows = queue.get(timeout=600)
-    for p in procs:
-        p.join(timeout=60)
-    if os.path.exists(init_file):
-        os.remove(init_file)
+    rows = run_ranks(worker, args.gpus, args, "comm_probe_")
     print(f"{'world':>5} {'rows/rank':>9} {'MB':>7} {'all_reduce':>10} {'all_gather':>10} {'reduce_scatter':>14} {'ratio':>6}")
     for r in rows:
         print(f"{r['world']:>5} {r['rows_per_rank']:>9} {r['gathered_mb']:>7} {r['all_reduce_ms']:>10} "

@@ -417,14 +417,21 @@ def against_baselines(rows: list[dict]) -> list[dict]:
     return out
 
 
-def worker(rank, world, args, init_file, queue):
-    cuda = args.device == "cuda"
+def init_rank(rank: int, world: int, device_kind: str, init_file: str) -> tuple[torch.device, torch.dtype]:
+    """Join the process group of a spawned rank: NCCL and bf16 on its own GPU, or gloo and fp32
+    on the CPU. Returns the rank's device and dtype."""
+    cuda = device_kind == "cuda"
     if cuda:
         torch.cuda.set_device(rank)
     device = torch.device(f"cuda:{rank}" if cuda else "cpu")
-    dtype = torch.bfloat16 if cuda else torch.float32
     dist.init_process_group("nccl" if cuda else "gloo", init_method=f"file://{init_file}",
                             rank=rank, world_size=world, **({"device_id": device} if cuda else {}))
+    return device, torch.bfloat16 if cuda else torch.float32
+
+
+def worker(rank, world, args, init_file, queue):
+    cuda = args.device == "cuda"
+    device, dtype = init_rank(rank, world, args.device, init_file)
     group = dist.group.WORLD
     if cuda and args.comm_priority == "high":
         # NCCL's kernels on a high-priority stream get SMs as soon as a GEMM wave retires,
@@ -492,6 +499,25 @@ def rank0_rows(queue, procs, poll_s: float = 5.0) -> list[dict]:
                                  "before the results were in (its traceback is above)")
 
 
+def run_ranks(target, world: int, args, prefix: str) -> list[dict]:
+    """Spawn `world` ranks of target(rank, world, args, init_file, queue) and return the rows
+    rank 0 puts on the queue (a rank that dies stops the run, `rank0_rows`)."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    init_file = tempfile.mktemp(prefix=prefix)
+    procs = [ctx.Process(target=target, args=(r, world, args, init_file, queue)) for r in range(world)]
+    for p in procs:
+        p.start()
+    try:
+        rows = rank0_rows(queue, procs)
+        for p in procs:
+            p.join(timeout=60)
+    finally:
+        if os.path.exists(init_file):  # gloo's file store outlives ranks that exit without teardown
+            os.remove(init_file)
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--gpus", type=int, default=4, help="ranks (one GPU each on CUDA)")
@@ -540,15 +566,7 @@ def main(argv=None) -> int:
     if "fused" in args.experts.split(",") and args.device != "cuda":
         ap.error("--experts fused runs SGLang's Triton kernel: use --device cuda, or --experts dense on CPU")
     os.environ.update(moe_configs_env(args.moe_configs))  # inherited by the spawned ranks
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    init_file = tempfile.mktemp(prefix="tbo_bench_")
-    procs = [ctx.Process(target=worker, args=(r, args.gpus, args, init_file, queue)) for r in range(args.gpus)]
-    for p in procs:
-        p.start()
-    rows = rank0_rows(queue, procs)
-    for p in procs:
-        p.join(timeout=60)
+    rows = run_ranks(worker, args.gpus, args, "tbo_bench_")
     rows, per_layer = against_baselines(rows), against_baselines(marginal(rows))
     if args.out:
         os.makedirs(args.out, exist_ok=True)
