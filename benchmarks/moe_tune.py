@@ -1,6 +1,7 @@
 """Tune SGLang's Triton fused-MoE kernel configs for the shipped bf16 benchmark models.
 
     python3 benchmarks/moe_tune.py --shapes 257:512,256:512,257:1024 --out DIR
+    python3 benchmarks/moe_tune.py --dtype fp8 --no-search --shapes 257:512 --batch-sizes 32768 --out DIR
 
 SGLang 0.5.17 looks up a tuned kernel config per (experts E, intermediate size per rank N, GPU,
 Triton version) and falls back to an untuned default when it has none. It ships none for bf16
@@ -13,6 +14,11 @@ row as SGLang does), and writes:
 
   DIR/configs/triton_<version>/<SGLang's file name>   the best config per M, SGLang's format
   DIR/moe_tune.json                                   per shape and M: SGLang's choice vs best time
+
+--dtype fp8 runs the experts as a block-FP8 checkpoint stores them (DeepSeek-V3's: 128 x 128
+weight blocks with a float32 scale each, activations quantized per token in groups of 128), the
+call SGLang's MoE layer makes for such a model; --no-search times SGLang's own choice only (what
+a server runs) and writes no config.
 
 Give servers the result with `SGLANG_MOE_CONFIG_DIR` pointing at a directory built by
 `serving.moe_config_dir` (SGLang's own configs with these on top), as `admission_ab.py
@@ -31,6 +37,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from serving import provenance, record_json  # noqa: E402
 
+FP8_BLOCK = 128  # the weight block (and activation group) of DeepSeek-V3's and Qwen3's FP8 checkpoints
 BATCH_SIZES = [1, 4, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768]
 SMALL_M = 256  # at or below: the small-tile search space
 
@@ -65,6 +72,15 @@ def write_config_table(out_dir: str, triton_version: str, file_name: str, table:
     return path
 
 
+def config_file_name(experts: int, inter: int, dtype: str) -> str:
+    """The file name SGLang looks up for this shape's kernel configs on this GPU."""
+    from sglang.srt.layers.moe.moe_runner.triton_utils import get_config_file_name
+
+    if dtype == "fp8":
+        return get_config_file_name(experts, inter, "fp8_w8a8", [FP8_BLOCK, FP8_BLOCK])
+    return get_config_file_name(experts, inter, None)
+
+
 def publish_server_args(model: str, device: str = "cuda") -> None:
     """SGLang 0.5.17's kernel-config lookup reads the process's published server args (its
     deterministic-inference flag), as in a server process; publish those of a plain server."""
@@ -88,8 +104,52 @@ def routing(m: int, experts: int, topk: int, device):
     return weights / weights.sum(dim=1, keepdim=True), ids
 
 
+def quantize_fp8_blocks(w):
+    """A [n, k] weight as a block-FP8 checkpoint stores it: float8_e4m3fn values and one float32
+    scale per 128 x 128 block (SGLang's `weight_scale_inv`), with w close to values x scale."""
+    import torch
+
+    n, k = w.shape
+    if n % FP8_BLOCK or k % FP8_BLOCK:
+        raise ValueError(f"FP8 weight blocks are {FP8_BLOCK} x {FP8_BLOCK}: a {n} x {k} weight does not "
+                         f"divide into them (SGLang refuses such a shard too)")
+    blocks = w.float().view(n // FP8_BLOCK, FP8_BLOCK, k // FP8_BLOCK, FP8_BLOCK)
+    scale = (blocks.abs().amax(dim=(1, 3)) / torch.finfo(torch.float8_e4m3fn).max).clamp(
+        min=torch.finfo(torch.float32).tiny)
+    return (blocks / scale[:, None, :, None]).to(torch.float8_e4m3fn).view(n, k), scale
+
+
+def expert_weights(experts: int, inter: int, hidden: int, device, dtype: str = "bf16",
+                   std: float | None = None, seed: int = 0):
+    """(w1 [E, 2N, H], w2 [E, H, N], the matching fused_experts keyword arguments): random normal
+    with standard deviation `std` (None: one over the square root of the fan-in), from a generator
+    seeded on `device` (the same weights on every rank); 'fp8' stores them in 128 x 128 blocks
+    (`quantize_fp8_blocks`, one expert at a time to bound the float32 temporaries) and asks
+    fused_experts for its block-FP8 kernel."""
+    import torch
+
+    if dtype not in ("bf16", "fp8"):
+        raise ValueError(f"expert weights: bf16 or fp8, not {dtype!r}")
+    g = torch.Generator(device=device).manual_seed(seed)
+    shapes = ((2 * inter, hidden), (hidden, inter))  # (rows, fan-in) of w1 and w2, per expert
+    if dtype == "bf16":
+        w1, w2 = (torch.randn(experts, rows, cols, generator=g, device=device, dtype=torch.bfloat16)
+                  * (std or cols ** -0.5) for rows, cols in shapes)
+        return w1, w2, {}
+    pairs = []
+    for rows, cols in shapes:
+        w = torch.empty(experts, rows, cols, device=device, dtype=torch.float8_e4m3fn)
+        scale = torch.empty(experts, rows // FP8_BLOCK, cols // FP8_BLOCK, device=device)
+        for e in range(experts):
+            w[e], scale[e] = quantize_fp8_blocks(torch.randn(rows, cols, generator=g, device=device)
+                                                 * (std or cols ** -0.5))
+        pairs.append((w, scale))
+    (w1, s1), (w2, s2) = pairs
+    return w1, w2, dict(use_fp8_w8a8=True, w1_scale=s1, w2_scale=s2, block_shape=[FP8_BLOCK, FP8_BLOCK])
+
+
 def time_fused_moe(experts: int, inter: int, hidden: int, topk: int, m: int, config: dict | None,
-                   iters: int) -> float:
+                   iters: int, dtype: str = "bf16") -> float:
     """Seconds per call of SGLang's fused_experts at batch m, with `config` (None: SGLang's choice)."""
     import torch
     from sglang.srt.layers.moe.moe_runner.base import MoeRunnerConfig
@@ -97,7 +157,7 @@ def time_fused_moe(experts: int, inter: int, hidden: int, topk: int, m: int, con
     from sglang.srt.layers.moe.topk import StandardTopKOutput
 
     dev = torch.device("cuda")
-    w1, w2 = _weights(experts, inter, hidden)
+    w1, w2, quant = _weights(experts, inter, hidden, dtype)
     x = torch.randn(m, hidden, device=dev, dtype=torch.bfloat16)
     weights, ids = routing(m, experts, topk, dev)
     topk_output = StandardTopKOutput(weights, ids, None)
@@ -105,7 +165,7 @@ def time_fused_moe(experts: int, inter: int, hidden: int, topk: int, m: int, con
     runner = MoeRunnerConfig(num_experts=experts, num_local_experts=experts, inplace=True)
 
     def call():
-        return fused_experts(x, w1, w2, topk_output, runner)
+        return fused_experts(x, w1, w2, topk_output, runner, **quant)
 
     with override_config(config):
         call()  # compiles the kernels, which a graph capture cannot
@@ -128,17 +188,16 @@ def time_fused_moe(experts: int, inter: int, hidden: int, topk: int, m: int, con
 _WEIGHTS: dict = {}
 
 
-def _weights(experts: int, inter: int, hidden: int):
-    """One pair of expert weights per shape, kept while that shape is tuned (they are large)."""
+def _weights(experts: int, inter: int, hidden: int, dtype: str):
+    """One set of expert weights per shape, kept while that shape is tuned (they are large)."""
     import torch
 
-    key = (experts, inter, hidden)
+    key = (experts, inter, hidden, dtype)
     if key not in _WEIGHTS:
         _WEIGHTS.clear()
         torch.cuda.empty_cache()
-        dev = torch.device("cuda")
-        _WEIGHTS[key] = (torch.randn(experts, 2 * inter, hidden, device=dev, dtype=torch.bfloat16) * 0.02,
-                         torch.randn(experts, hidden, inter, device=dev, dtype=torch.bfloat16) * 0.02)
+        # std 0.02: the values every tuning run since 2026-11-23 used
+        _WEIGHTS[key] = expert_weights(experts, inter, hidden, torch.device("cuda"), dtype, std=0.02)
     return _WEIGHTS[key]
 
 
@@ -146,15 +205,21 @@ def iters_for(m: int) -> int:
     return 50 if m <= SMALL_M else (20 if m <= 4096 else 8)
 
 
-def tune_shape(experts: int, inter: int, hidden: int, topk: int, batch_sizes: list[int], narrow: bool) -> dict:
+def tune_shape(experts: int, inter: int, hidden: int, topk: int, batch_sizes: list[int], narrow: bool,
+               dtype: str = "bf16", search: bool = True) -> dict:
     rows = []
     for m in batch_sizes:
         it = iters_for(m)
-        sglang_s = time_fused_moe(experts, inter, hidden, topk, m, None, it)
+        sglang_s = time_fused_moe(experts, inter, hidden, topk, m, None, it, dtype)
+        if not search:
+            rows.append(dict(m=m, sglang_ms=sglang_s * 1e3))
+            print(f"E={experts} N={inter} M={m} {dtype}: SGLang's config {sglang_s * 1e3:.3f} ms", flush=True)
+            continue
         timings = []
-        for cfg in search_space(m, narrow):
+        # block FP8 reads one weight scale per 128 columns of K, so a K tile must not straddle blocks
+        for cfg in [c for c in search_space(m, narrow) if dtype != "fp8" or FP8_BLOCK % c["BLOCK_SIZE_K"] == 0]:
             try:
-                timings.append((cfg, time_fused_moe(experts, inter, hidden, topk, m, cfg, it)))
+                timings.append((cfg, time_fused_moe(experts, inter, hidden, topk, m, cfg, it, dtype)))
             except Exception as exc:  # a config over the GPU's shared memory: skip it
                 if "OutOfResources" not in type(exc).__name__ and "out of resource" not in str(exc):
                     raise
@@ -163,7 +228,8 @@ def tune_shape(experts: int, inter: int, hidden: int, topk: int, batch_sizes: li
                          speedup=sglang_s / best_s, config=cfg, configs_tried=len(timings)))
         print(f"E={experts} N={inter} M={m}: SGLang's config {sglang_s * 1e3:.3f} ms, best {best_s * 1e3:.3f} ms "
               f"({sglang_s / best_s:.2f}x) {cfg}", flush=True)
-    return dict(experts=experts, inter=inter, hidden=hidden, topk=topk, narrow=narrow, rows=rows)
+    return dict(experts=experts, inter=inter, hidden=hidden, topk=topk, dtype=dtype, narrow=narrow,
+                search=search, rows=rows)
 
 
 def main(argv=None) -> int:
@@ -176,6 +242,10 @@ def main(argv=None) -> int:
     ap.add_argument("--topk", type=int, default=8, help="routed experts per row (without the shared one)")
     ap.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)))
     ap.add_argument("--narrow", action="store_true", help="the narrower search space (see search_space)")
+    ap.add_argument("--dtype", choices=("bf16", "fp8"), default="bf16",
+                    help="expert weights: bf16, or 128 x 128 block FP8 as DeepSeek-V3's checkpoint")
+    ap.add_argument("--no-search", dest="search", action="store_false",
+                    help="time SGLang's own config choice only (what a server runs); write no config")
     ap.add_argument("--model", default="models/deepseek-v3-width",
                     help="a model directory for the server args SGLang's kernel code reads")
     ap.add_argument("--deadline-s", type=float, default=540)
@@ -183,7 +253,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import triton
-    from sglang.srt.layers.moe.moe_runner.triton_utils import get_config_file_name
 
     publish_server_args(args.model)
     t0 = time.time()
@@ -193,10 +262,12 @@ def main(argv=None) -> int:
         if time.time() - t0 > args.deadline_s:
             result["skipped"].append(dict(experts=experts, inter=inter, why="deadline"))
             continue
-        shape = tune_shape(experts, inter, args.hidden, args.topk, batch_sizes, args.narrow)
-        name = get_config_file_name(experts, inter, None)
-        shape["file"] = write_config_table(args.out, triton.__version__, name,
-                                           {r["m"]: r["config"] for r in shape["rows"]})
+        shape = tune_shape(experts, inter, args.hidden, args.topk, batch_sizes, args.narrow, args.dtype,
+                           args.search)
+        if args.search:
+            shape["file"] = write_config_table(args.out, triton.__version__,
+                                               config_file_name(experts, inter, args.dtype),
+                                               {r["m"]: r["config"] for r in shape["rows"]})
         result["shapes"].append(shape)
         record_json(os.path.join(args.out, "moe_tune.json"), result)
     result["seconds"] = time.time() - t0

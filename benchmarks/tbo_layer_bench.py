@@ -13,6 +13,12 @@ dim, as SGLang's TP-sharded MoE does):
   fused   SGLang's Triton fused MoE, the served CUDA kernel: a router GEMM and top-k on the
           gathered rows, DeepSeek's shared expert fused as one more expert on every row, kernel
           configs per --moe-configs (CUDA only)
+  fused-fp8  the same on a block-FP8 checkpoint, as DeepSeek-V3 and Qwen3 release theirs (128 x
+          128 weight blocks, activations quantized per token in groups of 128): the experts
+          through fused_experts' block-FP8 kernel, and the attention projections through SGLang's
+          block-FP8 linear (its own dispatch: DeepGEMM where deep_gemm imports, else Triton; the
+          row's `projections` names it). The router and attention core stay bf16, and so do the
+          collectives, which move the hidden states (CUDA only)
 It times, with CUDA events on rank 0 (median of --iters):
 
   compute     both micro-batches' compute, no collectives
@@ -57,7 +63,7 @@ import torch.multiprocessing as mp
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from moe_tune import publish_server_args  # noqa: E402
+from moe_tune import FP8_BLOCK, expert_weights, publish_server_args, quantize_fp8_blocks  # noqa: E402
 from serving import MOE_CONFIGS_HELP, moe_configs_env, provenance, record_json  # noqa: E402
 from sglang_atom.tbo.overlap import (  # noqa: E402
     RowsAndBuffers, make_transport, micro_batch_program, nccl_group, run_interleaved)
@@ -95,7 +101,7 @@ class FusedExperts:
     router GEMM on each row, so a row goes to the same experts whichever micro-batch carries it
     (the overlapped-vs-serial check relies on that), spread over all experts as a real model's."""
 
-    kind = "fused"
+    kind, weights = "fused", "bf16"
 
     def __init__(self, shape, world, device, dtype):
         from sglang.srt.layers.moe.moe_runner.base import MoeRunnerConfig
@@ -103,8 +109,7 @@ class FusedExperts:
         h, inner, total = shape["hidden"], max(1, shape["inter"] // world), shape["experts"] + shape["shared"]
         g = torch.Generator(device=device).manual_seed(0)  # the same weights on every rank
         self.w_router = torch.randn(h, shape["experts"], generator=g, device=device, dtype=dtype) / h ** 0.5
-        self.w1 = torch.randn(total, 2 * inner, h, generator=g, device=device, dtype=dtype) / h ** 0.5
-        self.w2 = torch.randn(total, h, inner, generator=g, device=device, dtype=dtype) / inner ** 0.5
+        self.w1, self.w2, self.quant = expert_weights(total, inner, h, device, self.weights, seed=1)
         self.top_k, self.shared, self.routed = shape["top_k"], shape["shared"], shape["experts"]
         # In place, as SGLang's MoE layers call it: the output overwrites the gathered rows, which
         # the executor does not read again. (Out of place, SGLang allocates the output in its TP
@@ -122,10 +127,29 @@ class FusedExperts:
             rows = gathered.shape[0]
             ids = torch.cat([ids, torch.full((rows, 1), self.routed, device=ids.device, dtype=ids.dtype)], 1)
             weights = torch.cat([weights, torch.ones(rows, 1, device=ids.device)], 1)
-        return fused_experts(gathered, self.w1, self.w2, StandardTopKOutput(weights, ids, logits), self.runner)
+        return fused_experts(gathered, self.w1, self.w2, StandardTopKOutput(weights, ids, logits), self.runner,
+                             **self.quant)
 
 
-EXPERTS = {cls.kind: cls for cls in (DenseExperts, FusedExperts)}  # --experts: name -> class
+class Fp8FusedExperts(FusedExperts):
+    """FusedExperts on 128 x 128 block-FP8 weights; StandInOps then runs its projections in FP8 too."""
+
+    kind, weights = "fused-fp8", "fp8"
+
+
+EXPERTS = {cls.kind: cls for cls in (DenseExperts, FusedExperts, Fp8FusedExperts)}  # --experts: name -> class
+
+
+def projection(w: torch.Tensor, weights: str):
+    """(x -> x @ w, the kernel's name): a plain matmul, or for 'fp8' w as 128 x 128 FP8 blocks
+    through the block-FP8 linear SGLang's dispatch picks for a served FP8 checkpoint."""
+    if weights != "fp8":
+        return (lambda x: x @ w), "matmul"
+    from sglang.srt.layers.quantization.fp8_utils import dispatch_w8a8_block_fp8_linear
+
+    q, scale = quantize_fp8_blocks(w.t().contiguous())  # SGLang keeps linear weights as [out, in]
+    kernel = dispatch_w8a8_block_fp8_linear()
+    return (lambda x: kernel(input=x.contiguous(), weight=q, block_size=[FP8_BLOCK, FP8_BLOCK], weight_scale=scale)), kernel.__name__
 
 
 class SglangSumLenComm(RowsAndBuffers):
@@ -186,8 +210,9 @@ class StandInOps:
         h = shape["hidden"]
         g = torch.Generator(device="cpu").manual_seed(0)
         rnd = lambda *s: (torch.randn(*s, generator=g) / s[0] ** 0.5).to(device, dtype)  # noqa: E731
-        self.w_qkv = rnd(h, shape["q_dim"] + shape["kv_dim"])
-        self.w_o = rnd(shape["q_dim"], h)
+        weights = getattr(experts, "weights", "bf16")
+        self.qkv_proj, self.projections = projection(rnd(h, shape["q_dim"] + shape["kv_dim"]), weights)
+        self.o_proj, _ = projection(rnd(shape["q_dim"], h), weights)
         self.expert_fn = experts
         g.manual_seed(1000 + rank)  # rows differ per rank
         self.x = {mb: rnd(t, h) for mb, t in enumerate(tokens)}
@@ -197,11 +222,10 @@ class StandInOps:
         self.prefix = None  # (layer, keys) of micro-batch 0, for micro-batch 1's attention
 
     def attention(self, mb, layer):
-        qkv = self.x[mb] @ self.w_qkv
-        q = qkv[:, : self.q_dim]
+        q = self.qkv_proj(self.x[mb])[:, : self.q_dim]
         if self.attention_core:
             q = self.attend(mb, layer, q)
-        return q @ self.w_o
+        return self.o_proj(q)
 
     def attend(self, mb, layer, q):
         from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -365,7 +389,7 @@ def measure(comm_kind, group, shape, world, rank, tokens, layers, device, dtype,
                 prof.export_chrome_trace(os.path.join(
                     args.profile, f"trace_{comm_kind}_{shape['name']}_{kind}_{tokens}_{label}.json"))
     return {"comm": comm_kind, "shape": shape["name"], "experts": kind, "attention": args.attention,
-            "tokens_per_rank": tokens,
+            "projections": ops.projections, "tokens_per_rank": tokens,
             "layers": layers, "world": world, "comm_priority": args.comm_priority, **derived(t)}
 
 
@@ -458,7 +482,7 @@ def worker(rank, world, args, init_file, queue):
                                group if n == 0 else nccl_group(
                                    list(range(world)), n, args.comm_priority == "high")))
     kinds = args.experts.split(",")
-    if "fused" in kinds:
+    if any(k.startswith("fused") for k in kinds):
         # SGLang's kernel-config lookup reads the process's published server args, as in a server
         publish_server_args(os.path.join(REPO, "models", args.shapes.split(",")[0]))
     rows = []
@@ -529,7 +553,8 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--experts", default="dense",
                     help="comma list of what runs the experts: dense (a GEMM pair of the routed "
-                         "experts' FLOPs), fused (SGLang's Triton fused MoE, CUDA only)")
+                         "experts' FLOPs), fused (SGLang's Triton fused MoE, CUDA only), fused-fp8 (the "
+                         "same with block-FP8 weights, and FP8 attention projections; CUDA only)")
     ap.add_argument("--moe-configs", default="sglang", help="with --experts fused: " + MOE_CONFIGS_HELP)
     ap.add_argument("--attention", choices=("projections", "sdpa"), default="projections",
                     help="attention compute on local rows: the QKV and output projections only, or "
@@ -563,8 +588,9 @@ def main(argv=None) -> int:
     unknown = set(args.experts.split(",")) - set(EXPERTS)
     if unknown:
         ap.error(f"--experts: unknown {sorted(unknown)}; choose from {', '.join(EXPERTS)}")
-    if "fused" in args.experts.split(",") and args.device != "cuda":
-        ap.error("--experts fused runs SGLang's Triton kernel: use --device cuda, or --experts dense on CPU")
+    if any(k.startswith("fused") for k in args.experts.split(",")) and args.device != "cuda":
+        ap.error("--experts fused and fused-fp8 run SGLang's Triton kernels: use --device cuda, or "
+                 "--experts dense on CPU")
     os.environ.update(moe_configs_env(args.moe_configs))  # inherited by the spawned ranks
     rows = run_ranks(worker, args.gpus, args, "tbo_bench_")
     rows, per_layer = against_baselines(rows), against_baselines(marginal(rows))

@@ -133,3 +133,55 @@ def test_deepseek_scenarios_run_the_tuned_configs():
     for name, scenario in admission_ab.SCENARIOS.items():
         deepseek = "deepseek" in scenario["model"]
         assert (scenario.get("moe_configs") == "shipped") == deepseek, name
+
+
+def test_fp8_tables_are_the_ones_sglang_reads_for_block_fp8_experts(tmp_path, monkeypatch, sglang_loader):
+    import triton
+
+    cfg = sglang_loader
+    name = moe_tune.config_file_name(257, 512, "fp8")
+    assert name == "E=257,N=512,device_name=NVIDIA_H200,dtype=fp8_w8a8,block_shape=[128, 128].json"
+    table = {8192: moe_tune.search_space(8192)[0]}
+    moe_tune.write_config_table(str(tmp_path / "tuned"), triton.__version__, name, table)
+    monkeypatch.setenv("SGLANG_MOE_CONFIG_DIR", str(tmp_path / "tuned"))
+    assert cfg.get_moe_configs(257, 512, "fp8_w8a8", 128, 128) == table
+
+
+def test_fp8_blocks_keep_each_block_to_fp8_precision_with_its_own_scale():
+    import torch
+
+    w = torch.randn(256, 384, generator=torch.Generator().manual_seed(0))
+    w[:128, :128] *= 1000  # one loud block must not cost the others their precision
+    q, scale = moe_tune.quantize_fp8_blocks(w)
+    assert q.dtype == torch.float8_e4m3fn and q.shape == w.shape
+    assert scale.shape == (2, 3) and scale.dtype == torch.float32
+    back = (q.float().view(2, 128, 3, 128) * scale[:, None, :, None]).view(256, 384)
+    # e4m3 keeps 3 mantissa bits: a rounding error of at most 1/16 of the value, plus the
+    # subnormal step (2^-9 of the block's scale) near zero
+    bound = w.abs() / 16 + 2.0 ** -9 * scale.repeat_interleave(128, 0).repeat_interleave(128, 1)
+    assert ((back - w).abs() <= bound).all()
+    assert torch.allclose(q.float().view(2, 128, 3, 128).abs().amax(dim=(1, 3)), torch.full((2, 3), 448.0))
+    assert scale[0, 0] > 500 * scale[1, 1]
+
+
+def test_fp8_blocks_refuse_a_shard_that_is_not_whole_blocks():
+    import torch
+
+    with pytest.raises(ValueError, match="192"):  # Qwen3-235B's experts at TP8: 1536 / 8
+        moe_tune.quantize_fp8_blocks(torch.zeros(384, 192))
+
+
+def test_fp8_expert_weights_ask_fused_experts_for_its_block_kernel():
+    import torch
+
+    w1, w2, kwargs = moe_tune.expert_weights(3, 256, 128, torch.device("cpu"), "fp8")
+    assert w1.shape == (3, 512, 128) and w2.shape == (3, 128, 256) and w1.dtype == torch.float8_e4m3fn
+    assert kwargs["use_fp8_w8a8"] and kwargs["block_shape"] == [128, 128]
+    assert kwargs["w1_scale"].shape == (3, 4, 1) and kwargs["w2_scale"].shape == (3, 1, 2)
+    again = moe_tune.expert_weights(3, 256, 128, torch.device("cpu"), "fp8")
+    assert torch.equal(w1.float(), again[0].float()), "the same seed must give every rank the same weights"
+    w1_bf16, _, none = moe_tune.expert_weights(3, 256, 128, torch.device("cpu"), "bf16")
+    assert none == {} and w1_bf16.dtype == torch.bfloat16
+    assert abs(w1_bf16.float().std().item() - 128 ** -0.5) < 0.01  # std: one over the root of the fan-in
+    with pytest.raises(ValueError, match="bf16 or fp8"):
+        moe_tune.expert_weights(3, 256, 128, torch.device("cpu"), "int4")

@@ -51,7 +51,8 @@ def test_dense_and_fused_expert_rows_of_one_cell_stay_apart():
 
 def test_expert_kinds_are_checked_before_any_rank_starts(capsys):
     for argv, says in ((["--experts", "dense,sparse"], "unknown ['sparse']"),
-                       (["--device", "cpu", "--experts", "fused"], "use --device cuda")):
+                       (["--device", "cpu", "--experts", "fused"], "use --device cuda"),
+                       (["--device", "cpu", "--experts", "dense,fused-fp8"], "use --device cuda")):
         with pytest.raises(SystemExit):
             tbo_layer_bench.main(argv)
         assert says in capsys.readouterr().err
@@ -173,3 +174,14 @@ def test_comm_probe_times_the_three_collectives_on_gloo(tmp_path, capfd):
         assert r["ratio"] == pytest.approx(2 * r["all_reduce_ms"] / (r["all_gather_ms"] + r["reduce_scatter_ms"]),
                                            rel=0.05, abs=0.01)
     assert "all_reduce" in capfd.readouterr().out
+
+
+def test_fp8_projections_go_through_sglangs_block_fp8_linear_dispatch():
+    w = torch.randn(256, 384)
+    matmul, name = tbo_layer_bench.projection(w, "bf16")
+    x = torch.randn(5, 256)
+    assert name == "matmul" and torch.equal(matmul(x), x @ w)
+    # on a machine without deep_gemm, SGLang 0.5.17 serves block-FP8 linear layers with Triton
+    _, name = tbo_layer_bench.projection(w, "fp8")
+    assert name == "triton_w8a8_block_fp8_linear"
+
