@@ -255,6 +255,7 @@ def main(argv=None) -> int:
     import triton
 
     publish_server_args(args.model)
+    os.makedirs(args.out, exist_ok=True)  # with --no-search no config table creates it
     t0 = time.time()
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     result = dict(provenance(), triton=triton.__version__, timing="cuda_graph_replay", shapes=[], skipped=[])

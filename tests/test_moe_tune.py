@@ -185,3 +185,24 @@ def test_fp8_expert_weights_ask_fused_experts_for_its_block_kernel():
     assert abs(w1_bf16.float().std().item() - 128 ** -0.5) < 0.01  # std: one over the root of the fan-in
     with pytest.raises(ValueError, match="bf16 or fp8"):
         moe_tune.expert_weights(3, 256, 128, torch.device("cpu"), "int4")
+
+
+def test_no_search_times_sglangs_choice_only_and_writes_no_table(tmp_path, monkeypatch):
+    """On 1xH200 (2026-11-24) --no-search stopped after its first shape: nothing had made the
+    output folder, which until then only a written table did."""
+    calls = []
+
+    def fake_time(experts, inter, hidden, topk, m, config, iters, dtype):
+        calls.append((experts, inter, m, config, dtype))
+        return 0.001 * inter / 512
+
+    monkeypatch.setattr(moe_tune, "time_fused_moe", fake_time)
+    monkeypatch.setattr(moe_tune, "publish_server_args", lambda model: None)
+    out = tmp_path / "out"
+    assert moe_tune.main(["--dtype", "fp8", "--no-search", "--shapes", "257:512,257:256",
+                          "--batch-sizes", "32768", "--out", str(out)]) == 0
+    assert calls == [(257, 512, 32768, None, "fp8"), (257, 256, 32768, None, "fp8")]
+    result = json.loads((out / "moe_tune.json").read_text())
+    assert [(s["inter"], s["dtype"], s["rows"]) for s in result["shapes"]] == [
+        (512, "fp8", [{"m": 32768, "sglang_ms": 1.0}]), (256, "fp8", [{"m": 32768, "sglang_ms": 0.5}])]
+    assert not (out / "configs").exists()
