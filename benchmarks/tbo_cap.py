@@ -2,7 +2,7 @@
 
     python3 benchmarks/tbo_cap.py --compute WORLD1/tbo_layer.json --comm DP4/tbo_layer.json \
         [--experts fused] [--comm-scale 2.333 --label DP8] [--expert-ms SHAPE=FROM:TO ...]
-        [--plain-comm-factor 2] [--out DIR]
+        [--plain-comm-factor 2] [--shapes NAME,...] [--out DIR]
 
 Overlap hides the all_gather/reduce_scatter behind the other micro-batch's compute, so a layer
 can at best shrink from compute + comm to compute. For each shape and tokens per rank found in
@@ -104,12 +104,15 @@ def main(argv=None) -> int:
                          "plain SGLang's two all-reduces per layer as this many times the all_gather + "
                          "reduce_scatter time (2 for ring all-reduces, each a reduce_scatter plus an "
                          "all_gather of every rank's rows)")
+    ap.add_argument("--shapes", default="", help="comma list: only these shapes (default: every shape in both files)")
     ap.add_argument("--label", default="", help="a name for the projection, printed and recorded")
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
     swaps = expert_swaps(args.expert_ms)
     rows = caps(per_layer(args.compute), per_layer(args.comm), args.experts, args.comm_scale, swaps,
                 args.plain_comm_factor)
+    if args.shapes:
+        rows = [r for r in rows if r["shape"] in args.shapes.split(",")]
     if not rows:
         raise SystemExit(f"no (shape, tokens) has both --experts {args.experts} rows in {args.compute} "
                          f"and NCCL rows in {args.comm}")

@@ -64,3 +64,17 @@ def test_the_cap_against_plain_sglang_uses_its_measured_comm_or_says_it_is_estim
     assert rows[0]["plain_comm_ms"] == 9.0 and rows[0]["plain_comm"] == "measured"  # measured wins
     assert rows[1]["plain_comm_ms"] == 5.6 and rows[1]["plain_comm"] == "estimated: 2.0 x comm"
     assert rows[1]["cap_vs_plain"] == round((11.5 + 5.6) / 11.5, 3) > rows[1]["cap"]
+
+
+def test_shapes_keeps_only_the_named_shapes_in_the_written_file(tmp_path):
+    """Qwen3-235B's FP8 experts cannot run at TP8 (1536 / 8 = 192 is not whole 128-blocks), so
+    its DP8 FP8 row would be the unswapped world-1 layer: --shapes leaves it out."""
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"per_layer": [layer("ds", 8192, serial=21.2, experts="fused-fp8"),
+                                           layer("q", 8192, serial=9.0, experts="fused-fp8")]}))
+    b.write_text(json.dumps({"per_layer": [layer("ds", 8192, comm=2.4), layer("q", 8192, comm=1.4)]}))
+    assert tbo_cap.main(["--compute", str(a), "--comm", str(b), "--experts", "fused-fp8", "--shapes", "ds",
+                         "--label", "x", "--out", str(tmp_path)]) == 0
+    assert [r["shape"] for r in json.loads((tmp_path / "tbo_cap_x.json").read_text())["rows"]] == ["ds"]
+    with pytest.raises(SystemExit, match="no \\(shape, tokens\\) has both"):
+        tbo_cap.main(["--compute", str(a), "--comm", str(b), "--experts", "fused-fp8", "--shapes", "other"])
