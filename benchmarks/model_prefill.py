@@ -1,7 +1,7 @@
 """Prefill time of a whole shipped model on one GPU, bf16 against an FP8 block checkpoint of it.
 
     python3 benchmarks/model_prefill.py --models models/deepseek-v3-width,models/qwen3-235b-width \
-        --weights bf16,fp8 --tokens 8192 --repeats 5 --out DIR
+        --weights bf16,fp8 --tokens 8192 --repeats 5 --moe-configs DIR --out DIR
 
 The layer benchmark (`tbo_layer_bench.py`) times stand-ins for a layer's attention; this runs the
 real model code instead, through SGLang's own `sglang.benchmark.one_batch` (one extend of
@@ -29,7 +29,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serving import provenance, record_json  # noqa: E402
+from serving import MOE_CONFIGS_HELP, moe_configs_env, provenance, record_json  # noqa: E402
 
 # DeepSeek-V3's release (config.json of deepseek-ai/DeepSeek-V3)
 FP8_BLOCK_QUANTIZATION = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
@@ -82,10 +82,12 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--timeout-s", type=float, default=300, help="per run")
     ap.add_argument("--extra", default="", help="more SGLang server arguments, one string")
+    ap.add_argument("--moe-configs", default="sglang", help=MOE_CONFIGS_HELP)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    result = dict(provenance(), tokens=args.tokens, runs=[])
+    result = dict(provenance(), tokens=args.tokens, moe_configs=args.moe_configs, runs=[])
+    env = {**os.environ, **moe_configs_env(args.moe_configs)}
     for model in args.models.split(","):
         for weights in args.weights.split(","):
             name = f"{os.path.basename(model.rstrip('/'))}_{weights}"
@@ -95,7 +97,8 @@ def main(argv=None) -> int:
                 result_file = os.path.join(tmp, "result.jsonl")
                 cmd = one_batch_command(model_dir, args.tokens, args.repeats, result_file, args.extra.split())
                 with open(os.path.join(args.out, f"{name}.log"), "w") as log:
-                    proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=args.timeout_s)
+                    proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                          timeout=args.timeout_s)
                 run = dict(model=model, weights=weights, rc=proc.returncode)
                 if proc.returncode == 0:
                     seconds = prefill_seconds(result_file)
