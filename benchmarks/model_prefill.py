@@ -36,9 +36,10 @@ FP8_BLOCK_QUANTIZATION = {"quant_method": "fp8", "fmt": "e4m3", "activation_sche
                           "weight_block_size": [128, 128]}
 
 
-def write_model_dir(model: str, weights: str, dest: str) -> str:
-    """dest/ with model's config.json (plus the FP8 block quantization_config for 'fp8') and a
-    word-level tokenizer that transformers' AutoTokenizer loads. Returns dest."""
+def write_model_dir(model: str, weights: str, dest: str, layers: int | None = None) -> str:
+    """dest/ with model's config.json (plus the FP8 block quantization_config for 'fp8', and
+    `layers` decoder layers if given) and a word-level tokenizer that transformers' AutoTokenizer
+    loads. Returns dest."""
     if weights not in ("bf16", "fp8"):
         raise ValueError(f"--weights takes bf16 and fp8, not {weights!r}")
     with open(os.path.join(model, "config.json")) as f:
@@ -47,6 +48,8 @@ def write_model_dir(model: str, weights: str, dest: str) -> str:
         raise ValueError(f"{model} already has a quantization_config; give this script a bf16 config")
     if weights == "fp8":
         config["quantization_config"] = dict(FP8_BLOCK_QUANTIZATION)
+    if layers:
+        config["num_hidden_layers"] = layers
     os.makedirs(dest, exist_ok=True)
     with open(os.path.join(dest, "config.json"), "w") as f:
         json.dump(config, f, indent=1)
@@ -74,11 +77,27 @@ def prefill_seconds(result_file: str) -> list[float]:
         return [json.loads(line)["prefill_latency"] for line in f if line.strip()]
 
 
+def per_layer(runs: list[dict]) -> list[dict]:
+    """Per added decoder layer, from the fewest and the most layers each (model, weights) ran:
+    the steady-state layer time, without the embedding, the LM head and the dense first layers."""
+    out = []
+    for key in dict.fromkeys((r["model"], r["weights"]) for r in runs):
+        done = sorted((r for r in runs if (r["model"], r["weights"]) == key and "median_ms" in r),
+                      key=lambda r: r["layers"])
+        if len(done) >= 2 and done[-1]["layers"] > done[0]["layers"]:
+            lo, hi = done[0], done[-1]
+            out.append({"model": key[0], "weights": key[1], "layers": f"{lo['layers']}->{hi['layers']}",
+                        "ms_per_layer": round((hi["median_ms"] - lo["median_ms"]) / (hi["layers"] - lo["layers"]), 2)})
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", required=True, help="comma list of model folders with a bf16 config.json")
     ap.add_argument("--weights", default="bf16,fp8", help="comma list: bf16, fp8")
     ap.add_argument("--tokens", type=int, default=8192)
+    ap.add_argument("--layers", default="", help="comma list of decoder-layer counts to run each model "
+                    "at (default: its config's); with two, also the time per added layer")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--timeout-s", type=float, default=300, help="per run")
     ap.add_argument("--extra", default="", help="more SGLang server arguments, one string")
@@ -88,29 +107,38 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     result = dict(provenance(), tokens=args.tokens, moe_configs=args.moe_configs, runs=[])
     env = {**os.environ, **moe_configs_env(args.moe_configs)}
-    for model in args.models.split(","):
-        for weights in args.weights.split(","):
-            name = f"{os.path.basename(model.rstrip('/'))}_{weights}"
-            tmp = tempfile.mkdtemp(prefix="model-prefill-")
-            try:
-                model_dir = write_model_dir(model, weights, os.path.join(tmp, "model"))
-                result_file = os.path.join(tmp, "result.jsonl")
-                cmd = one_batch_command(model_dir, args.tokens, args.repeats, result_file, args.extra.split())
-                with open(os.path.join(args.out, f"{name}.log"), "w") as log:
-                    proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                          timeout=args.timeout_s)
-                run = dict(model=model, weights=weights, rc=proc.returncode)
-                if proc.returncode == 0:
-                    seconds = prefill_seconds(result_file)
-                    run |= {"prefill_s": seconds, "median_ms": round(statistics.median(seconds) * 1e3, 2)}
-            except subprocess.TimeoutExpired:
-                run = dict(model=model, weights=weights, rc="timeout")
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-            result["runs"].append(run)
-            print(json.dumps(run), flush=True)
-            record_json(os.path.join(args.out, "model_prefill.json"), result)
+    cells = [(m, w, int(n) if n else None) for m in args.models.split(",") for w in args.weights.split(",")
+             for n in (args.layers.split(",") if args.layers else [""])]
+    for model, weights, layers in cells:
+        name = f"{os.path.basename(model.rstrip('/'))}_{weights}" + (f"_{layers}layers" if layers else "")
+        tmp = tempfile.mkdtemp(prefix="model-prefill-")
+        try:
+            model_dir = write_model_dir(model, weights, os.path.join(tmp, "model"), layers)
+            result_file = os.path.join(tmp, "result.jsonl")
+            cmd = one_batch_command(model_dir, args.tokens, args.repeats, result_file, args.extra.split())
+            with open(os.path.join(args.out, f"{name}.log"), "w") as log:
+                proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                      timeout=args.timeout_s)
+            run = dict(model=model, weights=weights, layers=_layers(model_dir), rc=proc.returncode)
+            if proc.returncode == 0:
+                seconds = prefill_seconds(result_file)
+                run |= {"prefill_s": seconds, "median_ms": round(statistics.median(seconds) * 1e3, 2)}
+        except subprocess.TimeoutExpired:
+            run = dict(model=model, weights=weights, layers=layers, rc="timeout")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        result["runs"].append(run)
+        print(json.dumps(run), flush=True)
+        result["per_layer"] = per_layer(result["runs"])
+        record_json(os.path.join(args.out, "model_prefill.json"), result)
+    for row in result["per_layer"]:
+        print(json.dumps(row))
     return 0
+
+
+def _layers(model_dir: str) -> int:
+    with open(os.path.join(model_dir, "config.json")) as f:
+        return json.load(f)["num_hidden_layers"]
 
 
 if __name__ == "__main__":

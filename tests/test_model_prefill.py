@@ -60,3 +60,22 @@ def test_prefill_seconds_reads_one_batchs_result_lines(tmp_path):
     result.write_text("".join(json.dumps({"run_name": "before", "prefill_latency": s, "batch_size": 1}) + "\n"
                               for s in (0.11, 0.1)))
     assert model_prefill.prefill_seconds(str(result)) == [0.11, 0.1]
+
+
+def test_layers_sets_the_decoder_depth_sglang_builds(tmp_path):
+    from sglang.srt.configs.model_config import ModelConfig
+    from sglang.srt.server_args import prepare_server_args
+
+    folder = model_prefill.write_model_dir(str(REPO / "models" / "qwen3-235b-width"), "fp8", str(tmp_path / "m"), 6)
+    config = ModelConfig.from_server_args(prepare_server_args(["--model-path", folder, "--device", "cpu"]))
+    assert config.num_hidden_layers == 6 and config.quantization == "fp8"
+
+
+def test_per_layer_is_the_slope_between_the_fewest_and_the_most_layers():
+    runs = [dict(model="m", weights="bf16", layers=3, median_ms=60.0),
+            dict(model="m", weights="bf16", layers=5, median_ms=112.0),
+            dict(model="m", weights="fp8", layers=3, median_ms=45.0),
+            dict(model="m", weights="fp8", layers=5, rc=1),  # failed: no slope for fp8
+            dict(model="q", weights="bf16", layers=4, median_ms=38.8)]  # one depth only
+    assert model_prefill.per_layer(runs) == [
+        {"model": "m", "weights": "bf16", "layers": "3->5", "ms_per_layer": 26.0}]
