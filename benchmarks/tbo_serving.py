@@ -2,7 +2,7 @@
 
     python3 benchmarks/tbo_serving.py check --out DIR --models models/qwen3-moe-check,models/deepseek-v3-check
     python3 benchmarks/tbo_serving.py perf --out DIR --models models/qwen3-235b-width,models/deepseek-v3-width \
-        --tokens 4096,8192,16384
+        --tokens 4096,8192,16384 [--weights fp8]
 
 Each model is served twice with `--backend atom --tp N --dp N --enable-dp-attention
 --atom-admission off`: once plain, once with `--enable-two-batch-overlap`. Admission is off so
@@ -42,19 +42,23 @@ Writes DIR/tbo_{check,perf,profile}.json (command, machine, date, numbers) and l
 from __future__ import annotations
 
 import argparse
+import atexit
 import concurrent.futures
 import contextlib
 import json
 import os
 import random
 import re
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import random_checkpoint  # noqa: E402
 import trace_summary  # noqa: E402
+from model_prefill import write_model_dir  # noqa: E402
 from serve_smoke import BASE_FLAGS  # noqa: E402
 from serving import (  # noqa: E402
     MOE_CONFIGS_HELP, Server, model_config, moe_configs_env, post_json, provenance, record_json, scrape)
@@ -355,6 +359,15 @@ def _tp0_trace(trace_dir: str) -> str | None:
     return os.path.join(trace_dir, found[0]) if found else None
 
 
+def fp8_models(models: str) -> str:
+    """Each model of the comma list as an FP8 block checkpoint config in a temporary folder named
+    MODEL-fp8 (`model_prefill.write_model_dir`; the servers load dummy weights)."""
+    root = tempfile.mkdtemp(prefix="tbo-fp8-models-")
+    atexit.register(shutil.rmtree, root, True)  # the servers reading it stop before the script exits
+    return ",".join(write_model_dir(m, "fp8", os.path.join(root, os.path.basename(m.rstrip("/")) + "-fp8"))
+                    for m in models.split(","))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("mode", choices=("check", "perf", "profile"))
@@ -378,11 +391,19 @@ def main() -> int:
     ap.add_argument("--server-args", default="",
                     help="more flags for every server, e.g. '--watchdog-timeout 60' so a hang dumps stacks")
     ap.add_argument("--moe-configs", default="sglang", help=MOE_CONFIGS_HELP)
+    ap.add_argument("--weights", choices=("bf16", "fp8"), default="bf16",
+                    help="perf/profile: fp8 serves each model as an FP8 block checkpoint (DeepSeek-V3's "
+                         "quantization_config added to a copy of its config, named MODEL-fp8)")
     args = ap.parse_args()
+    if args.weights == "fp8":
+        if args.mode == "check":
+            ap.error("check loads bf16 random checkpoints (random_checkpoint.py): use --weights fp8 "
+                     "with perf or profile")
+        args.models = fp8_models(args.models)
     SERVER_EXTRA[:] = args.server_args.split()
     args.server_env = moe_configs_env(args.moe_configs)
     os.makedirs(args.out, exist_ok=True)
-    out = {**provenance(), "moe_configs": args.moe_configs}
+    out = {**provenance(), "moe_configs": args.moe_configs, "weights": args.weights}
     try:
         {"check": check, "perf": perf, "profile": profile}[args.mode](args, out)
     finally:

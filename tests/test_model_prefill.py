@@ -79,3 +79,16 @@ def test_per_layer_is_the_slope_between_the_fewest_and_the_most_layers():
             dict(model="q", weights="bf16", layers=4, median_ms=38.8)]  # one depth only
     assert model_prefill.per_layer(runs) == [
         {"model": "m", "weights": "bf16", "layers": "3->5", "ms_per_layer": 26.0}]
+
+
+def test_tbo_serving_serves_fp8_copies_named_after_their_model_and_refuses_fp8_checks(monkeypatch, capsys):
+    import tbo_serving
+
+    folders = tbo_serving.fp8_models(f"{REPO}/models/deepseek-v3-width,{REPO}/models/qwen3-235b-width").split(",")
+    assert [Path(f).name for f in folders] == ["deepseek-v3-width-fp8", "qwen3-235b-width-fp8"]
+    config = json.loads((Path(folders[0]) / "config.json").read_text())
+    assert config["quantization_config"] == model_prefill.FP8_BLOCK_QUANTIZATION
+    monkeypatch.setattr(sys, "argv", ["tbo_serving.py", "check", "--out", "unused", "--models", "m", "--weights", "fp8"])
+    with pytest.raises(SystemExit):
+        tbo_serving.main()
+    assert "use --weights fp8 with perf or profile" in capsys.readouterr().err
