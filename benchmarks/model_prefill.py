@@ -1,7 +1,8 @@
 """Prefill time of a whole shipped model on one GPU, bf16 against an FP8 block checkpoint of it.
 
     python3 benchmarks/model_prefill.py --models models/deepseek-v3-width,models/qwen3-235b-width \
-        --weights bf16,fp8 --tokens 8192 --repeats 5 --moe-configs DIR --out DIR
+        --weights bf16,fp8 --tokens 8192 --repeats 5 [--layers 3,5] [--moe-configs DIR] \
+        --extra "--attention-backend flashinfer" --out DIR
 
 The layer benchmark (`tbo_layer_bench.py`) times stand-ins for a layer's attention; this runs the
 real model code instead, through SGLang's own `sglang.benchmark.one_batch` (one extend of
@@ -13,8 +14,11 @@ directory with a throwaway word-level tokenizer: one_batch loads a tokenizer eve
 prompts, and the shipped configs have none.
 
 Which block-FP8 linear kernel runs is SGLang's choice: DeepGEMM where `deep_gemm` imports, else
-Triton. Writes DIR/model_prefill.json (command, machine, date, per model and weights: every
-repeat's prefill seconds and their median) and one log per run.
+Triton. --layers runs each model at those decoder depths; two of them give the time per added
+layer (DeepSeek's dense first layer, the embedding and the LM head cancel out). On the device
+bundle pass `--attention-backend flashinfer`: its sgl-kernel has no FA3, SGLang's Hopper default.
+Writes DIR/model_prefill.json (command, machine, date, per model, weights and depth: every
+repeat's prefill seconds and their median; the per-layer slopes) and one log per run.
 """
 
 from __future__ import annotations
