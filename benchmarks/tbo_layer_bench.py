@@ -82,7 +82,7 @@ SHAPES = {
 class DenseExperts:
     """A dense GEMM pair with the FLOPs of the top-k routed experts' share on this rank."""
 
-    kind = "dense"
+    kind, weights, sglang_kernel = "dense", "bf16", False
 
     def __init__(self, shape, world, device, dtype):
         inner = max(1, shape["top_k"] * shape["inter"] // world)
@@ -101,7 +101,7 @@ class FusedExperts:
     router GEMM on each row, so a row goes to the same experts whichever micro-batch carries it
     (the overlapped-vs-serial check relies on that), spread over all experts as a real model's."""
 
-    kind, weights = "fused", "bf16"
+    kind, weights, sglang_kernel = "fused", "bf16", True  # sglang_kernel: SGLang's Triton MoE, CUDA only
 
     def __init__(self, shape, world, device, dtype):
         from sglang.srt.layers.moe.moe_runner.base import MoeRunnerConfig
@@ -149,7 +149,11 @@ def projection(w: torch.Tensor, weights: str):
 
     q, scale = quantize_fp8_blocks(w.t().contiguous())  # SGLang keeps linear weights as [out, in]
     kernel = dispatch_w8a8_block_fp8_linear()
-    return (lambda x: kernel(input=x.contiguous(), weight=q, block_size=[FP8_BLOCK, FP8_BLOCK], weight_scale=scale)), kernel.__name__
+
+    def fp8_linear(x):
+        return kernel(input=x.contiguous(), weight=q, block_size=[FP8_BLOCK, FP8_BLOCK], weight_scale=scale)
+
+    return fp8_linear, kernel.__name__
 
 
 class SglangSumLenComm(RowsAndBuffers):
@@ -210,9 +214,8 @@ class StandInOps:
         h = shape["hidden"]
         g = torch.Generator(device="cpu").manual_seed(0)
         rnd = lambda *s: (torch.randn(*s, generator=g) / s[0] ** 0.5).to(device, dtype)  # noqa: E731
-        weights = getattr(experts, "weights", "bf16")
-        self.qkv_proj, self.projections = projection(rnd(h, shape["q_dim"] + shape["kv_dim"]), weights)
-        self.o_proj, _ = projection(rnd(shape["q_dim"], h), weights)
+        self.qkv_proj, self.projections = projection(rnd(h, shape["q_dim"] + shape["kv_dim"]), experts.weights)
+        self.o_proj, _ = projection(rnd(shape["q_dim"], h), experts.weights)
         self.expert_fn = experts
         g.manual_seed(1000 + rank)  # rows differ per rank
         self.x = {mb: rnd(t, h) for mb, t in enumerate(tokens)}
@@ -482,7 +485,7 @@ def worker(rank, world, args, init_file, queue):
                                group if n == 0 else nccl_group(
                                    list(range(world)), n, args.comm_priority == "high")))
     kinds = args.experts.split(",")
-    if any(k.startswith("fused") for k in kinds):
+    if any(EXPERTS[k].sglang_kernel for k in kinds):
         # SGLang's kernel-config lookup reads the process's published server args, as in a server
         publish_server_args(os.path.join(REPO, "models", args.shapes.split(",")[0]))
     rows = []
@@ -588,7 +591,7 @@ def main(argv=None) -> int:
     unknown = set(args.experts.split(",")) - set(EXPERTS)
     if unknown:
         ap.error(f"--experts: unknown {sorted(unknown)}; choose from {', '.join(EXPERTS)}")
-    if any(k.startswith("fused") for k in args.experts.split(",")) and args.device != "cuda":
+    if any(EXPERTS[k].sglang_kernel for k in args.experts.split(",")) and args.device != "cuda":
         ap.error("--experts fused and fused-fp8 run SGLang's Triton kernels: use --device cuda, or "
                  "--experts dense on CPU")
     os.environ.update(moe_configs_env(args.moe_configs))  # inherited by the spawned ranks

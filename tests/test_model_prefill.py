@@ -88,7 +88,8 @@ def test_tbo_serving_serves_fp8_copies_named_after_their_model_and_refuses_fp8_c
     assert [Path(f).name for f in folders] == ["deepseek-v3-width-fp8", "qwen3-235b-width-fp8"]
     config = json.loads((Path(folders[0]) / "config.json").read_text())
     assert config["quantization_config"] == model_prefill.FP8_BLOCK_QUANTIZATION
-    monkeypatch.setattr(sys, "argv", ["tbo_serving.py", "check", "--out", "unused", "--models", "m", "--weights", "fp8"])
+    monkeypatch.setattr(sys, "argv", ["tbo_serving.py", "check", "--out", "unused", "--models", "m",
+                                      "--weights", "fp8"])
     with pytest.raises(SystemExit):
         tbo_serving.main()
     assert "use --weights fp8 with perf or profile" in capsys.readouterr().err
