@@ -62,7 +62,7 @@ def check(cfg: AtomConfig, setup: ServingSetup, platform: str = "cuda") -> None:
     if cfg.prefill_tokens_per_rank and not setup.dp_attention:
         raise AtomConfigError(
             "--atom-prefill-tokens-per-rank sets the budget of each DP-attention rank; without "
-            "--enable-dp-attention use --chunked-prefill-size instead.")
+            f"DP attention{_dp1(setup)} use --chunked-prefill-size instead.")
     if cfg.prefill_tokens_per_rank and setup.dp_attention and setup.prefill_tokens_per_rank is None:
         raise AtomConfigError(
             "--atom-prefill-tokens-per-rank bounds chunked prefill, which --chunked-prefill-size -1 "
@@ -70,7 +70,8 @@ def check(cfg: AtomConfig, setup: ServingSetup, platform: str = "cuda") -> None:
     if setup.two_batch_overlap and not setup.dp_attention:
         raise AtomConfigError(
             "--enable-two-batch-overlap with --backend atom overlaps the DP all_gather/reduce_scatter "
-            "and needs --enable-dp-attention; add it or drop --enable-two-batch-overlap."
+            f"and needs DP attention{_dp1(setup)}; pass --enable-dp-attention with --dp 2 or more, or "
+            "drop --enable-two-batch-overlap."
         )
     if setup.two_batch_overlap:
         check_tbo(cfg, setup, platform)
@@ -83,6 +84,11 @@ def check(cfg: AtomConfig, setup: ServingSetup, platform: str = "cuda") -> None:
             "--backend atom overlaps prefill only; drop --enable-two-batch-overlap on a "
             "--disaggregation-mode decode server."
         )
+
+
+def _dp1(setup: ServingSetup) -> str:
+    """Why DP attention is off although --enable-dp-attention may have been given."""
+    return " (SGLang turns it off at --dp 1)" if setup.dp_size == 1 else ""
 
 
 def check_tbo(cfg: AtomConfig, setup: ServingSetup, platform: str) -> None:
@@ -136,7 +142,9 @@ def admission_active(cfg: AtomConfig, setup: ServingSetup) -> bool:
 
 
 def tbo_active(cfg: AtomConfig, setup: ServingSetup) -> bool:
-    return cfg.enabled and setup.two_batch_overlap and setup.dp_attention and setup.dp_size > 1
+    # SGLang turns DP attention off at --dp 1; where a launcher keeps it (the one-GPU benchmark
+    # `one_rank_server.py`), the model-side hooks split passes there too, and this line says so.
+    return cfg.enabled and setup.two_batch_overlap and setup.dp_attention
 
 
 def summary(cfg: AtomConfig, setup: ServingSetup, plan: PlatformPlan, tbo_min_tokens: int | None = None) -> str:

@@ -140,6 +140,28 @@ def test_two_batch_overlap_refusals(case):
     check(AtomConfig(backend="atom"), replace(ok, two_batch_overlap=False, **change))
 
 
+def test_two_batch_overlap_without_dp_attention_says_why_it_is_off():
+    """SGLang drops --enable-dp-attention at --dp 1, so "add it" alone would puzzle a user who
+    passed it; a launcher that keeps DP attention at one rank (the one-GPU benchmark) gets TBO."""
+    from dataclasses import replace
+
+    from sglang_atom.validation import ServingSetup, check, summary, tbo_active
+
+    one = ServingSetup("Qwen3MoeForCausalLM", dp_attention=False, dp_size=1, tp_size=1,
+                       moe_a2a_backend="none", prefill_delayer=False, two_batch_overlap=True,
+                       disaggregation_mode="null")
+    with pytest.raises(AtomConfigError, match=re.escape(
+            "needs DP attention (SGLang turns it off at --dp 1); pass --enable-dp-attention with --dp 2 "
+            "or more, or drop --enable-two-batch-overlap.")):
+        check(AtomConfig(backend="atom"), one)
+    with pytest.raises(AtomConfigError, match=re.escape("needs DP attention; pass --enable-dp-attention")):
+        check(AtomConfig(backend="atom"), replace(one, dp_size=4, tp_size=4))
+    kept = replace(one, dp_attention=True)
+    check(AtomConfig(backend="atom"), kept)
+    assert tbo_active(AtomConfig(backend="atom"), kept)
+    assert "tbo=prefill" in summary(AtomConfig(backend="atom"), kept, plan("cuda"))
+
+
 def test_two_batch_overlap_attention_backends():
     """Only DeepSeek's MLA pays for a cut prompt under triton; Qwen3 and flashinfer are fine."""
     from sglang_atom.validation import ServingSetup, check
@@ -234,8 +256,10 @@ def test_prefill_budget_per_rank_needs_dp_attention_and_is_in_the_startup_line()
     check(given, dp)
     with pytest.raises(AtomConfigError, match=re.escape(
             "--atom-prefill-tokens-per-rank sets the budget of each DP-attention rank; without "
-            "--enable-dp-attention use --chunked-prefill-size instead.")):
+            "DP attention (SGLang turns it off at --dp 1) use --chunked-prefill-size instead.")):
         check(given, replace(dp, dp_attention=False, dp_size=1))
+    with pytest.raises(AtomConfigError, match=re.escape("without DP attention use --chunked-prefill-size")):
+        check(given, replace(dp, dp_attention=False, dp_size=4, tp_size=4))
     check(AtomConfig(backend="atom"), replace(dp, dp_attention=False, dp_size=1))  # the default is 0
     with pytest.raises(AtomConfigError, match=re.escape("--chunked-prefill-size -1 turns off; drop one")):
         check(given, replace(dp, prefill_tokens_per_rank=None))
