@@ -157,12 +157,10 @@ def moe_configs_env(choice: str) -> dict:
 
 
 class Server:
-    """`python -m sglang.launch_server ARGS` (or another `launcher`) in its own process group,
-    logging to a file."""
+    """`python -m sglang.launch_server ARGS` in its own process group, logging to a file."""
 
-    def __init__(self, args: list[str], log_path: str, port: int = 30000, env: dict | None = None,
-                 launcher: tuple[str, ...] = ("-m", "sglang.launch_server")):
-        self.args, self.log_path, self.port, self.launcher = args, log_path, port, launcher
+    def __init__(self, args: list[str], log_path: str, port: int = 30000, env: dict | None = None):
+        self.args, self.log_path, self.port = args, log_path, port
         self.url = f"http://127.0.0.1:{port}"
         self.env = {**os.environ, **(env or {})}
         self.proc = None
@@ -174,7 +172,7 @@ class Server:
         if (threading.current_thread() is threading.main_thread()
                 and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL):
             signal.signal(signal.SIGTERM, _exit_on_sigterm)
-        cmd = [sys.executable, *self.launcher, *self.args, "--port", str(self.port),
+        cmd = [sys.executable, "-m", "sglang.launch_server", *self.args, "--port", str(self.port),
                "--host", "127.0.0.1"]
         self.log = open(self.log_path, "w")
         self.log.write("$ " + " ".join(cmd) + "\n")

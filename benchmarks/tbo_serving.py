@@ -6,8 +6,7 @@
 
 Each model is served twice with `--backend atom --tp N --dp N --enable-dp-attention
 --atom-admission off`: once plain, once with `--enable-two-batch-overlap`. Admission is off so
-both servers see the same batches. `--dp 1` (perf, profile) serves one DP-attention rank through
-`one_rank_server.py`, where the collectives move nothing: what the split alone costs, on one GPU.
+both servers see the same batches.
 
 check: random N(0, 0.02) weights (benchmarks/random_checkpoint.py; dummy weights would not
     show a mix-up), decode CUDA graphs on, small chunked prefill. Wave 1 sends prompts of mixed
@@ -125,21 +124,12 @@ def server_flags(model: str, dp: int, tbo_comm: str | None, extra: list[str]) ->
     return flags
 
 
-def launcher(dp: int) -> tuple[str, ...]:
-    """SGLang's launcher, or at --dp 1 one that keeps DP attention (`one_rank_server.py`), so that
-    a one-GPU server splits its passes and measures what the split alone costs."""
-    if dp == 1:
-        return (os.path.join(os.path.dirname(os.path.abspath(__file__)), "one_rank_server.py"),)
-    return ("-m", "sglang.launch_server")
-
-
 @contextlib.contextmanager
 def serving(args, out: dict, model_name: str, tbo_comm: str | None, flags: list[str]):
     """One server of a with/without set; records its start-up time and split prefill passes."""
     label = f"{model_name}-{'tbo-' + tbo_comm if tbo_comm else 'plain'}"
     print(f"== {label}: starting", flush=True)
-    with Server(flags, os.path.join(args.out, f"server_{label}.log"), env=args.server_env,
-                launcher=launcher(args.dp)) as server:
+    with Server(flags, os.path.join(args.out, f"server_{label}.log"), env=args.server_env) as server:
         startup = server.wait_ready(args.start_timeout)
         before = splits(server)
         yield server, label
@@ -383,9 +373,7 @@ def main() -> int:
     ap.add_argument("mode", choices=("check", "perf", "profile"))
     ap.add_argument("--out", required=True)
     ap.add_argument("--models", required=True)
-    ap.add_argument("--dp", type=int, default=4,
-                    help="DP ranks (= GPUs); 1 measures the split's own cost on one GPU "
-                         "(one_rank_server.py: collectives over a world of one)")
+    ap.add_argument("--dp", type=int, default=4)
     ap.add_argument("--tokens", default="4096,8192,16384")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
@@ -407,8 +395,6 @@ def main() -> int:
                     help="perf/profile: fp8 serves each model as an FP8 block checkpoint (DeepSeek-V3's "
                          "quantization_config added to a copy of its config, named MODEL-fp8)")
     args = ap.parse_args()
-    if args.dp == 1 and args.mode == "check":
-        ap.error("check needs a rank with no requests beside one with them: --dp 2 or more")
     if args.weights == "fp8":
         if args.mode == "check":
             ap.error("check loads bf16 random checkpoints (random_checkpoint.py): use --weights fp8 "

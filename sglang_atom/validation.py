@@ -142,9 +142,7 @@ def admission_active(cfg: AtomConfig, setup: ServingSetup) -> bool:
 
 
 def tbo_active(cfg: AtomConfig, setup: ServingSetup) -> bool:
-    # SGLang turns DP attention off at --dp 1; where a launcher keeps it (the one-GPU benchmark
-    # `one_rank_server.py`), the model-side hooks split passes there too, and this line says so.
-    return cfg.enabled and setup.two_batch_overlap and setup.dp_attention
+    return cfg.enabled and setup.two_batch_overlap and setup.dp_attention and setup.dp_size > 1
 
 
 def summary(cfg: AtomConfig, setup: ServingSetup, plan: PlatformPlan, tbo_min_tokens: int | None = None) -> str:

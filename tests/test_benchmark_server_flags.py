@@ -71,36 +71,3 @@ def test_every_benchmark_server_parses(parsed):
 
 def test_a_refused_combination_is_reported(parsed):
     assert parsed[CONTROL].startswith("AtomConfigError: --enable-prefill-delayer and sglang-atom's admission")
-
-
-ONE_RANK = r"""
-import json, sys
-sys.path.insert(0, "benchmarks")
-import one_rank_server
-from sglang.srt.plugins import load_plugins
-load_plugins()
-from sglang.srt.server_args import prepare_server_args
-out = {}
-for keep in (False, True):
-    if keep:
-        one_rank_server.keep_dp_attention_at_one_rank()
-    try:
-        a = prepare_server_args(json.loads(sys.argv[1]))
-        out[str(keep)] = [a.enable_dp_attention, a.enable_two_batch_overlap, a.chunked_prefill_size]
-    except Exception as exc:
-        out[str(keep)] = f"{type(exc).__name__}: {exc}"
-print(json.dumps(out))
-"""
-
-
-def test_one_rank_server_keeps_dp_attention_so_tbo_perf_runs_on_one_gpu():
-    """`tbo_serving.py perf --dp 1`'s TBO server: refused by SGLang's own launcher (SGLang turns DP
-    attention off at --dp 1, so sglang-atom says TBO needs it), served through one_rank_server.py."""
-    from sglang_helpers import run_python, last_json
-
-    args = SimpleNamespace(dp=1, cuda_graph=False)
-    argv = tbo_serving.prefill_flags(args, "models/qwen3-235b-width", 8192, "nccl") + ["--device", "cpu"]
-    assert tbo_serving.launcher(1)[0].endswith("one_rank_server.py")
-    out = last_json(run_python(ONE_RANK, args=(json.dumps(argv),)))
-    assert out["False"].startswith("AtomConfigError: --atom-prefill-tokens-per-rank sets the budget"), out
-    assert out["True"] == [True, True, 8192], out
