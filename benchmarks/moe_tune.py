@@ -12,7 +12,8 @@ SGLang's own choice (its shipped file, or its default), on uniform random routin
 --topk experts per row (with E = 257, the fused shared expert, the last one, is added to every
 row as SGLang does), and writes:
 
-  DIR/configs/triton_<version>/<SGLang's file name>   the best config per M, SGLang's format
+  DIR/configs/triton_<version>/<SGLang's file name>   the best config per M, SGLang's format, on top
+                                                      of SGLang's own table of that name if it has one
   DIR/moe_tune.json                                   per shape and M: SGLang's choice vs best time
 
 --dtype fp8 runs the experts as a block-FP8 checkpoint stores them (DeepSeek-V3's: 128 x 128
@@ -70,6 +71,24 @@ def write_config_table(out_dir: str, triton_version: str, file_name: str, table:
     with open(path, "w") as f:
         json.dump({str(m): table[m] for m in sorted(table)}, f, indent=2)
     return path
+
+
+def stock_table(file_name: str, triton_version: str) -> tuple[str | None, dict[int, dict]]:
+    """SGLang's own table of that name, as SGLang 0.5.17 finds it without SGLANG_MOE_CONFIG_DIR
+    (its current Triton version's folder, else the newest other version that has the file):
+    (path or None, {M: config})."""
+    from serving import sglang_moe_configs
+
+    root = sglang_moe_configs()
+    versions = sorted((d.removeprefix("triton_").replace("_", ".") for d in os.listdir(root)
+                       if d.startswith("triton_")),
+                      key=lambda v: (v != triton_version, [-int(x) for x in v.split(".")]))
+    for version in versions:
+        path = os.path.join(root, "triton_" + version.replace(".", "_"), file_name)
+        if os.path.exists(path):
+            with open(path) as f:
+                return path, {int(m): c for m, c in json.load(f).items()}
+    return None, {}
 
 
 def config_file_name(experts: int, inter: int, dtype: str) -> str:
@@ -266,9 +285,12 @@ def main(argv=None) -> int:
         shape = tune_shape(experts, inter, args.hidden, args.topk, batch_sizes, args.narrow, args.dtype,
                            args.search)
         if args.search:
-            shape["file"] = write_config_table(args.out, triton.__version__,
-                                               config_file_name(experts, inter, args.dtype),
-                                               {r["m"]: r["config"] for r in shape["rows"]})
+            # SGLang picks the entry nearest a batch's M, and our file replaces its own: keep its
+            # entries for the M not tuned here
+            name = config_file_name(experts, inter, args.dtype)
+            shape["stock_file"], table = stock_table(name, triton.__version__)
+            table.update({r["m"]: r["config"] for r in shape["rows"]})
+            shape["file"] = write_config_table(args.out, triton.__version__, name, table)
         result["shapes"].append(shape)
         record_json(os.path.join(args.out, "moe_tune.json"), result)
     result["seconds"] = time.time() - t0

@@ -147,6 +147,34 @@ def test_fp8_tables_are_the_ones_sglang_reads_for_block_fp8_experts(tmp_path, mo
     assert cfg.get_moe_configs(257, 512, "fp8_w8a8", 128, 128) == table
 
 
+def test_tuned_entries_go_on_top_of_the_table_sglang_would_read(sglang_loader):
+    """A tuning run covers a few M; SGLang takes the entry nearest each batch's M from the one
+    file it finds, so a file of those entries alone would retune every other M by accident."""
+    import triton
+
+    cfg = sglang_loader
+    fp8 = moe_tune.config_file_name(257, 512, "fp8")
+    path, table = moe_tune.stock_table(fp8, triton.__version__)
+    assert path and len(table) > 10  # SGLang ships FP8 block tables for DeepSeek-V3's TP4 shape
+    assert table == cfg.get_moe_configs(257, 512, "fp8_w8a8", 128, 128)
+    assert moe_tune.stock_table(moe_tune.config_file_name(257, 512, "bf16"), triton.__version__) == (None, {})
+
+
+def test_a_search_run_keeps_sglang_entries_for_the_m_it_did_not_tune(tmp_path, monkeypatch):
+    import triton
+
+    monkeypatch.setattr(moe_tune, "publish_server_args", lambda model: None)
+    monkeypatch.setattr(moe_tune, "config_file_name", lambda e, n, d: "stock.json")
+    monkeypatch.setattr(moe_tune, "stock_table", lambda name, v: ("/stock/stock.json", {1: {"s": 1}, 16384: {"s": 2}}))
+    tuned = {"BLOCK_SIZE_M": 128}
+    monkeypatch.setattr(moe_tune, "tune_shape", lambda e, n, h, k, ms, narrow, dtype, search: dict(
+        rows=[dict(m=m, config=tuned) for m in ms]))
+    moe_tune.main(["--shapes", "257:512", "--batch-sizes", "16384", "--out", str(tmp_path)])
+    folder = tmp_path / "configs" / ("triton_" + triton.__version__.replace(".", "_"))
+    assert json.loads((folder / "stock.json").read_text()) == {"1": {"s": 1}, "16384": tuned}
+    assert json.loads((tmp_path / "moe_tune.json").read_text())["shapes"][0]["stock_file"] == "/stock/stock.json"
+
+
 def test_fp8_blocks_keep_each_block_to_fp8_precision_with_its_own_scale():
     import torch
 
