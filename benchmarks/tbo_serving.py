@@ -2,7 +2,7 @@
 
     python3 benchmarks/tbo_serving.py check --out DIR --models models/qwen3-moe-check,models/deepseek-v3-check
     python3 benchmarks/tbo_serving.py perf --out DIR --models models/qwen3-235b-width,models/deepseek-v3-width \
-        --tokens 4096,8192,16384 [--weights fp8]
+        --tokens 4096,8192,16384 [--weights fp8] [--layers 8]
 
 Each model is served twice with `--backend atom --tp N --dp N --enable-dp-attention
 --atom-admission off`: once plain, once with `--enable-two-batch-overlap`. Admission is off so
@@ -359,12 +359,15 @@ def _tp0_trace(trace_dir: str) -> str | None:
     return os.path.join(trace_dir, found[0]) if found else None
 
 
-def fp8_models(models: str) -> str:
-    """Each model of the comma list as an FP8 block checkpoint config in a temporary folder named
-    MODEL-fp8 (`model_prefill.write_model_dir`; the servers load dummy weights)."""
-    root = tempfile.mkdtemp(prefix="tbo-fp8-models-")
+def model_copies(models: str, weights: str, layers: int | None = None) -> str:
+    """Each model of the comma list as a config in a temporary folder named MODEL[-fp8][-<N>l]:
+    an FP8 block checkpoint for 'fp8', with `layers` decoder layers if given
+    (`model_prefill.write_model_dir`; the servers load dummy weights)."""
+    root = tempfile.mkdtemp(prefix="tbo-models-")
     atexit.register(shutil.rmtree, root, True)  # the servers reading it stop before the script exits
-    return ",".join(write_model_dir(m, "fp8", os.path.join(root, os.path.basename(m.rstrip("/")) + "-fp8"))
+    suffix = ("-fp8" if weights == "fp8" else "") + (f"-{layers}l" if layers else "")
+    return ",".join(write_model_dir(m, weights, os.path.join(root, os.path.basename(m.rstrip("/")) + suffix),
+                                    layers)
                     for m in models.split(","))
 
 
@@ -394,16 +397,21 @@ def main() -> int:
     ap.add_argument("--weights", choices=("bf16", "fp8"), default="bf16",
                     help="perf/profile: fp8 serves each model as an FP8 block checkpoint (DeepSeek-V3's "
                          "quantization_config added to a copy of its config, named MODEL-fp8)")
+    ap.add_argument("--layers", type=int, default=None,
+                    help="perf/profile: serve each model with this many decoder layers (a copy of its "
+                         "config named MODEL-<N>l). The fixed part of a forward (embedding, DeepSeek's "
+                         "dense first layer, the first all_gather and last reduce_scatter, which nothing "
+                         "hides) weighs on a 4-layer model as it does not on a real one")
     args = ap.parse_args()
-    if args.weights == "fp8":
-        if args.mode == "check":
-            ap.error("check loads bf16 random checkpoints (random_checkpoint.py): use --weights fp8 "
-                     "with perf or profile")
-        args.models = fp8_models(args.models)
+    if args.mode == "check" and (args.weights == "fp8" or args.layers):
+        ap.error("check loads bf16 random checkpoints of the given configs (random_checkpoint.py): use "
+                 "--weights fp8 and --layers with perf or profile")
+    if args.weights == "fp8" or args.layers:
+        args.models = model_copies(args.models, args.weights, args.layers)
     SERVER_EXTRA[:] = args.server_args.split()
     args.server_env = moe_configs_env(args.moe_configs)
     os.makedirs(args.out, exist_ok=True)
-    out = {**provenance(), "moe_configs": args.moe_configs, "weights": args.weights}
+    out = {**provenance(), "moe_configs": args.moe_configs, "weights": args.weights, "layers": args.layers}
     try:
         {"check": check, "perf": perf, "profile": profile}[args.mode](args, out)
     finally:

@@ -81,15 +81,24 @@ def test_per_layer_is_the_slope_between_the_fewest_and_the_most_layers():
         {"model": "m", "weights": "bf16", "layers": "3->5", "ms_per_layer": 26.0}]
 
 
-def test_tbo_serving_serves_fp8_copies_named_after_their_model_and_refuses_fp8_checks(monkeypatch, capsys):
+def test_tbo_serving_serves_copies_named_after_their_model_and_refuses_them_in_checks(monkeypatch, capsys):
     import tbo_serving
 
-    folders = tbo_serving.fp8_models(f"{REPO}/models/deepseek-v3-width,{REPO}/models/qwen3-235b-width").split(",")
+    folders = tbo_serving.model_copies(f"{REPO}/models/deepseek-v3-width,{REPO}/models/qwen3-235b-width",
+                                       "fp8").split(",")
     assert [Path(f).name for f in folders] == ["deepseek-v3-width-fp8", "qwen3-235b-width-fp8"]
     config = json.loads((Path(folders[0]) / "config.json").read_text())
     assert config["quantization_config"] == model_prefill.FP8_BLOCK_QUANTIZATION
-    monkeypatch.setattr(sys, "argv", ["tbo_serving.py", "check", "--out", "unused", "--models", "m",
-                                      "--weights", "fp8"])
-    with pytest.raises(SystemExit):
-        tbo_serving.main()
-    assert "use --weights fp8 with perf or profile" in capsys.readouterr().err
+    assert config["num_hidden_layers"] == 4  # the shipped depth unless --layers
+    deeper = tbo_serving.model_copies(f"{REPO}/models/deepseek-v3-width", "bf16", 8)
+    assert Path(deeper).name == "deepseek-v3-width-8l"
+    config = json.loads((Path(deeper) / "config.json").read_text())
+    assert config["num_hidden_layers"] == 8 and "quantization_config" not in config
+    assert config["first_k_dense_replace"] == 1  # one dense layer, seven MoE layers
+    assert Path(tbo_serving.model_copies(f"{REPO}/models/deepseek-v3-width", "fp8", 8)).name == \
+        "deepseek-v3-width-fp8-8l"
+    for flag in (["--weights", "fp8"], ["--layers", "8"]):
+        monkeypatch.setattr(sys, "argv", ["tbo_serving.py", "check", "--out", "unused", "--models", "m", *flag])
+        with pytest.raises(SystemExit):
+            tbo_serving.main()
+        assert "use --weights fp8 and --layers with perf or profile" in capsys.readouterr().err
