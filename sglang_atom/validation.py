@@ -169,7 +169,7 @@ def summary(cfg: AtomConfig, setup: ServingSetup, plan: PlatformPlan, tbo_min_to
         else:
             where = f"passes of >= {threshold} tokens on the largest rank (from the model's expert widths)"
         tbo = (f"tbo=prefill {where} over all_gather/reduce_scatter by {cfg.tbo_comm} "
-               f"(experimental: 0.98-1.05x of prefill without it from 8k tokens per rank on "
+               f"(experimental: 0.95-1.05x of prefill without it from 8k tokens per rank on "
                f"2xH200, DP4 not yet remeasured, see README)")
         if cfg.tbo_nccl_max_ctas:
             tbo += f" [NCCL limited to {cfg.tbo_nccl_max_ctas} CTAs: not yet measured in serving]"

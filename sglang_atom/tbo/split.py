@@ -99,9 +99,10 @@ def agree_split(rank_tokens: Sequence[int], rank_is_prefill: Sequence[bool], min
 # fixed host cost per layer whatever the width. Served on 2xH200 at DP2 (2026-11-22/23, both
 # servers eager; benchmarks/results/NOTES-tbo.md), a pass whose expert GEMMs came to 1.2 TFLOP
 # ran split at 0.86x of the same pass unsplit (Qwen3-235B widths at 4096 tokens per rank), and
-# passes from 2.5 TFLOP up at 0.98-1.05x (Qwen3-235B widths at 8k-16k, DeepSeek-V3 widths at
-# 4k-16k, the latter with dummy routing that sent every token to the same 8 experts:
-# benchmarks/results/NOTES-moe-configs.md). The threshold sits between the two; DP4 and up,
+# passes from 2.5 TFLOP up at 0.95-1.05x (Qwen3-235B widths at 8k-16k, DeepSeek-V3 widths at
+# 4k-16k: 0.98-1.05x with dummy routing that sent every token to the same 8 experts,
+# benchmarks/results/NOTES-moe-configs.md, and 0.95x at 8k with spread routing, 2026-11-24).
+# The threshold sits between the two; DP4 and up,
 # where the collectives to hide are larger, are not measured against it yet.
 SPLIT_MIN_EXPERT_FLOP = 2e12
 
