@@ -166,8 +166,10 @@ def test_tbo_without_dp_attention_is_refused():
     code = PARSE_AND_REPORT.replace("ARGV", repr(argv)).replace("TARGETS", "[]").replace("DP", repr(DP_TARGET))
     proc = run_python(code)
     assert proc.returncode != 0
+    # --dp is 1 here, where SGLang would turn DP attention off even if it were asked for
     assert ("--enable-two-batch-overlap with --backend atom overlaps the DP all_gather/reduce_scatter "
-            "and needs --enable-dp-attention") in proc.stderr
+            "and needs DP attention (SGLang turns it off at --dp 1); pass --enable-dp-attention with "
+            "--dp 2 or more") in proc.stderr
 
 
 def test_environment_switch_conflicting_with_cli_is_refused():
