@@ -35,8 +35,9 @@ def tbo_prefill_servers() -> dict[str, list[str]]:
     also with 8 layers) at DP 2, 4 and 8, without TBO and with it over NCCL (`--atom-tbo-comm
     copy-engine` is refused on a machine without CUDA, rightly)."""
     servers = {}
-    fp8 = tbo_serving.model_copies(",".join(TBO_MODELS[1:]), "fp8").split(",")  # --weights fp8: the width models
-    deep = tbo_serving.model_copies(",".join(TBO_MODELS[1:]), "fp8", 8).split(",")  # and --layers 8
+    widths = ",".join(TBO_MODELS[1:])
+    fp8 = tbo_serving.model_copies(widths, "fp8").split(",")  # --weights fp8
+    deep = tbo_serving.model_copies(widths, "fp8", 8).split(",")  # --weights fp8 --layers 8
     for model in (*TBO_MODELS, *fp8, *deep):
         for dp in (2, 4, 8):
             args = SimpleNamespace(dp=dp, cuda_graph=True)

@@ -98,7 +98,8 @@ def test_tbo_serving_serves_copies_named_after_their_model_and_refuses_them_in_c
     assert Path(tbo_serving.model_copies(f"{REPO}/models/deepseek-v3-width", "fp8", 8)).name == \
         "deepseek-v3-width-fp8-8l"
     for flag in (["--weights", "fp8"], ["--layers", "8"]):
-        monkeypatch.setattr(sys, "argv", ["tbo_serving.py", "check", "--out", "unused", "--models", "m", *flag])
+        monkeypatch.setattr(sys, "argv",
+                            ["tbo_serving.py", "check", "--out", "unused", "--models", "m", *flag])
         with pytest.raises(SystemExit):
             tbo_serving.main()
         assert "use --weights fp8 and --layers with perf or profile" in capsys.readouterr().err

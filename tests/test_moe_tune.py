@@ -163,7 +163,8 @@ def test_tuned_entries_go_on_top_of_the_table_sglang_would_read(sglang_loader):
 def test_shipped_tables_keep_every_entry_of_the_sglang_table_they_replace():
     import triton
 
-    folder = REPO / "benchmarks" / "moe_configs" / "configs" / ("triton_" + triton.__version__.replace(".", "_"))
+    version = "triton_" + triton.__version__.replace(".", "_")
+    folder = REPO / "benchmarks" / "moe_configs" / "configs" / version
     replaced = 0
     for path in folder.glob("*.json"):
         stock_path, stock = moe_tune.stock_table(path.name, triton.__version__)
@@ -178,14 +179,16 @@ def test_a_search_run_keeps_sglang_entries_for_the_m_it_did_not_tune(tmp_path, m
 
     monkeypatch.setattr(moe_tune, "publish_server_args", lambda model: None)
     monkeypatch.setattr(moe_tune, "config_file_name", lambda e, n, d: "stock.json")
-    monkeypatch.setattr(moe_tune, "stock_table", lambda name, v: ("/stock/stock.json", {1: {"s": 1}, 16384: {"s": 2}}))
+    stock = ("/stock/stock.json", {1: {"s": 1}, 16384: {"s": 2}})
+    monkeypatch.setattr(moe_tune, "stock_table", lambda name, v: (stock[0], dict(stock[1])))
     tuned = {"BLOCK_SIZE_M": 128}
     monkeypatch.setattr(moe_tune, "tune_shape", lambda e, n, h, k, ms, narrow, dtype, search: dict(
         rows=[dict(m=m, config=tuned) for m in ms]))
     moe_tune.main(["--shapes", "257:512", "--batch-sizes", "16384", "--out", str(tmp_path)])
     folder = tmp_path / "configs" / ("triton_" + triton.__version__.replace(".", "_"))
     assert json.loads((folder / "stock.json").read_text()) == {"1": {"s": 1}, "16384": tuned}
-    assert json.loads((tmp_path / "moe_tune.json").read_text())["shapes"][0]["stock_file"] == "/stock/stock.json"
+    shape = json.loads((tmp_path / "moe_tune.json").read_text())["shapes"][0]
+    assert shape["stock_file"] == "/stock/stock.json"
 
 
 def test_fp8_blocks_keep_each_block_to_fp8_precision_with_its_own_scale():

@@ -102,8 +102,8 @@ def agree_split(rank_tokens: Sequence[int], rank_is_prefill: Sequence[bool], min
 # passes from 2.5 TFLOP up at 0.95-1.05x (Qwen3-235B widths at 8k-16k, DeepSeek-V3 widths at
 # 4k-16k: 0.98-1.05x with dummy routing that sent every token to the same 8 experts,
 # benchmarks/results/NOTES-moe-configs.md, and 0.95x at 8k with spread routing, 2026-11-24).
-# The threshold sits between the two; DP4 and up,
-# where the collectives to hide are larger, are not measured against it yet.
+# The threshold sits between the two; DP4 and up, where the collectives to hide are larger, are
+# not measured against it yet.
 SPLIT_MIN_EXPERT_FLOP = 2e12
 
 
