@@ -118,17 +118,18 @@ def main(argv=None) -> int:
         tmp = tempfile.mkdtemp(prefix="model-prefill-")
         try:
             model_dir = write_model_dir(model, weights, os.path.join(tmp, "model"), layers)
+            run = dict(model=model, weights=weights, layers=_layers(model_dir))
             result_file = os.path.join(tmp, "result.jsonl")
             cmd = one_batch_command(model_dir, args.tokens, args.repeats, result_file, args.extra.split())
             with open(os.path.join(args.out, f"{name}.log"), "w") as log:
                 proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                       timeout=args.timeout_s)
-            run = dict(model=model, weights=weights, layers=_layers(model_dir), rc=proc.returncode)
+            run["rc"] = proc.returncode
             if proc.returncode == 0:
                 seconds = prefill_seconds(result_file)
                 run |= {"prefill_s": seconds, "median_ms": round(statistics.median(seconds) * 1e3, 2)}
         except subprocess.TimeoutExpired:
-            run = dict(model=model, weights=weights, layers=layers, rc="timeout")
+            run["rc"] = "timeout"
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         result["runs"].append(run)
