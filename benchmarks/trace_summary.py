@@ -13,8 +13,11 @@ microseconds (and every NCCL kernel) in time order: start and length in ms, stre
 `--python N` lists the Python functions with the most inclusive and self time (traces recorded
 with stacks), for passes where the GPU waits on the host. `--passes` summarizes each forward
 pass on its own (SGLang traces recorded with stacks): the kernels launched while one
-`ModelRunner.forward` ran, its host time, and whether sglang-atom split it. A profiled wave
-whose prompts landed in different scheduler passes shows up there as several prefill passes.
+`ModelRunner.forward` ran, its host time, whether sglang-atom split it, how far the GPU's work
+outlasted the host's return and how long the GPU waited before the pass. `--kernels KIND` adds
+each pass's kernels of one kind by name (e.g. `gemm`, to see which GEMMs a split adds). A
+profiled wave whose prompts landed in different scheduler passes shows up there as several
+prefill passes.
 Used for the two-batch-overlap notes (benchmarks/results/NOTES-tbo.md).
 """
 
@@ -104,9 +107,9 @@ _SPLIT = re.compile(r"sglang_atom/tbo/overlap\.py\(\d+\): run_interleaved$")
 _LAUNCH_CATEGORIES = ("cuda_runtime", "cuda_driver")
 
 
-def passes(events: list[dict]) -> list[dict]:
-    """One summary per forward pass: `summarize` of the GPU work it launched (matched to the
-    host's launch calls by correlation id), plus its host time and whether it was split."""
+def pass_events(events: list[dict]) -> list[tuple[dict, list[dict], bool]]:
+    """Each forward pass as (its host frame, the GPU work it launched, whether it was split),
+    the GPU work matched to the host's launch calls by correlation id."""
     forwards = sorted((e for e in events if e["cat"] == "python_function" and _FORWARD.search(e["name"])),
                       key=lambda e: e["ts"])
     outermost, end = [], float("-inf")
@@ -125,9 +128,42 @@ def passes(events: list[dict]) -> list[dict]:
     for f in outermost:
         lo, hi = f["ts"], f["ts"] + f["dur"]
         gpu = [g for ts, corr in launches if lo <= ts <= hi for g in gpu_by_corr.get(corr, [])]
-        out.append({"host_ms": round(f["dur"] / 1000, 3), "split": any(lo <= t <= hi for t in splits),
-                    "kernels": len(gpu), **summarize(gpu, top_gaps=3)})
+        out.append((f, gpu, any(lo <= t <= hi for t in splits)))
     return out
+
+
+def passes(events: list[dict]) -> list[dict]:
+    """One summary per forward pass: `summarize` of the GPU work it launched, its host time,
+    whether it was split, and how the host and GPU lined up around it."""
+    out, prev_gpu_end = [], None
+    for f, gpu, split in pass_events(events):
+        p = {"host_ms": round(f["dur"] / 1000, 3), "split": split, "kernels": len(gpu),
+             **summarize(gpu, top_gaps=3)}
+        if gpu:
+            start, end = min(g["ts"] for g in gpu), max(g["ts"] + g["dur"] for g in gpu)
+            # How far the host ran ahead: the GPU's work outlasts the host's return by this much.
+            # Near 0 or below, the pass is host-bound and the scheduler's work between passes
+            # leaves the GPU idle.
+            p["gpu_after_host_ms"] = round((end - f["ts"] - f["dur"]) / 1000, 3)
+            # The GPU's wait between the previous pass's last kernel and this pass's first.
+            p["gpu_wait_before_ms"] = None if prev_gpu_end is None else round((start - prev_gpu_end) / 1000, 3)
+            prev_gpu_end = end
+        out.append(p)
+    return out
+
+
+def kernel_names(gpu: list[dict], kind: str, top: int = 8) -> list[dict]:
+    """The kernels of one kind by total time: name, calls, mean µs, total ms (e.g. to see
+    which GEMMs a split pass adds)."""
+    totals: dict = defaultdict(lambda: [0, 0.0])
+    for g in gpu:
+        if kind_of(g) == kind:
+            t = totals[g["name"][:100]]
+            t[0] += 1
+            t[1] += g["dur"]
+    rows = sorted(totals.items(), key=lambda kv: -kv[1][1])[:top]
+    return [{"name": n, "calls": c, "mean_us": round(d / c, 1), "total_ms": round(d / 1000, 3)}
+            for n, (c, d) in rows]
 
 
 def summarize(events: list[dict], top_gaps: int = 5, min_gap_us: float = 20.0) -> dict:
@@ -168,9 +204,14 @@ def pass_line(index: int, p: dict) -> str:
     """One forward pass on one line: host and GPU time, compute-stream work by kind, idle."""
     compute = p["streams"].get(p["compute_stream"], {})
     kinds = ", ".join(f"{k} {v}" for k, v in compute.items() if k != "total")
-    return (f"  pass {index}{' (split)' if p['split'] else ''}: host {p['host_ms']} ms, GPU span "
+    line = (f"  pass {index}{' (split)' if p['split'] else ''}: host {p['host_ms']} ms, GPU span "
             f"{p['span_ms']} ms, {p['kernels']} kernels; compute stream {kinds}; idle "
             f"{p.get('compute_idle_ms', 0)} ms")
+    if "gpu_after_host_ms" in p:
+        line += f"; GPU ends {p['gpu_after_host_ms']} ms after the host"
+    if p.get("gpu_wait_before_ms") is not None:
+        line += f", waited {p['gpu_wait_before_ms']} ms before it"
+    return line
 
 
 def timeline(events: list[dict], min_us: float) -> list[str]:
@@ -189,6 +230,8 @@ def main() -> int:
     ap.add_argument("--python", type=int, default=0,
                     help="also list the N Python functions with the most inclusive and self time")
     ap.add_argument("--passes", action="store_true", help="also summarize each forward pass")
+    ap.add_argument("--kernels", default="", help="with --passes: list each pass's kernels of this "
+                    "kind (gemm, moe, attention, ...) by name")
     args = ap.parse_args()
     results = {}
     for path in args.traces:
@@ -203,7 +246,13 @@ def main() -> int:
         if args.passes:
             s["passes"] = passes(everything)
             print(f"== {path}: forward passes")
-            print("\n".join(pass_line(i, p) for i, p in enumerate(s["passes"])))
+            for i, (p, (_, gpu, _)) in enumerate(zip(s["passes"], pass_events(everything))):
+                print(pass_line(i, p))
+                if args.kernels:
+                    p["kernels_" + args.kernels] = kernel_names(gpu, args.kernels)
+                    for row in p["kernels_" + args.kernels]:
+                        print(f"    {row['calls']:4d} x {row['mean_us']:9.1f} us = {row['total_ms']:8.3f} ms  "
+                              f"{row['name']}")
         if args.timeline:
             print(f"== {path}: kernels of at least {args.timeline:g} us (start ms, length ms, stream, name)")
             print("\n".join(timeline(events, args.timeline)))

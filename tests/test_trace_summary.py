@@ -113,3 +113,13 @@ def test_passes_group_kernels_by_the_forward_that_launched_them(tmp_path):
     assert p[1]["streams"]["7"] == {"nccl": 0.6, "total": 0.6}
     assert trace_summary.pass_line(0, p[0]).startswith(
         "  pass 0 (split): host 1.0 ms, GPU span 0.9 ms, 3 kernels; compute stream attention 0.4, moe 0.3")
+    # the host returned at 1000 us, its last kernel ended at 1200; the next pass's first kernel
+    # started 1100 us after that
+    assert (p[0]["gpu_after_host_ms"], p[0]["gpu_wait_before_ms"]) == (0.2, None)
+    assert (p[1]["gpu_after_host_ms"], p[1]["gpu_wait_before_ms"]) == (0.4, 1.1)
+    assert trace_summary.pass_line(1, p[1]).endswith(
+        "GPU ends 0.4 ms after the host, waited 1.1 ms before it")
+    gpu = [g for _, g, _ in trace_summary.pass_events(trace_summary.read(str(path)))]
+    assert trace_summary.kernel_names(gpu[0], "moe") == [
+        {"name": "fused_moe_kernel", "calls": 1, "mean_us": 300.0, "total_ms": 0.3}]
+    assert trace_summary.kernel_names(gpu[1], "moe") == []
