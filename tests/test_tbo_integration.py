@@ -244,3 +244,45 @@ def test_prefill_graphs_stay_on_with_tbo_under_atom():
     out = last_json(run_python(GRAPH_RULES_SCRIPT.replace("BASE", repr(base))))
     assert out == {"sglang_tbo": ["disabled", True], "atom_tbo": ["breakable", True],
                    "atom": ["breakable", False]}
+
+
+FUSION_SCRIPT = r"""
+import json
+from types import SimpleNamespace
+from sglang.srt.server_args import prepare_server_args, set_global_server_args_for_scheduler
+set_global_server_args_for_scheduler(prepare_server_args(ARGV))
+from sglang.srt.runtime_context import get_flags
+get_flags().moe.tbo_enabled = True  # --enable-two-batch-overlap, as a scheduler process sees it
+import sglang.srt.models.deepseek_v2 as dv2
+reasons = []
+log = dv2.log_info_on_rank0
+dv2.log_info_on_rank0 = lambda logger, msg: (reasons.append(msg.split(":")[0]), log(logger, msg))
+if HOOKED:
+    from sglang_atom.integration import runtime
+    runtime.install(launcher=False)
+# DeepSeek-V3's expert layout, the one SGLang fuses. Decided once per process: a decision to
+# keep fusion off is recorded as a load-time override that later calls return on.
+model = SimpleNamespace(config=SimpleNamespace(architectures=["DeepseekV3ForCausalLM"],
+                                               n_routed_experts=256, n_shared_experts=1),
+                        quant_config=None)
+dv2.DeepseekV2ForCausalLM.determine_num_fused_shared_experts(model)
+print(json.dumps({"fused": model.num_fused_shared_experts, "reasons": reasons,
+                  "tbo_after": dv2.is_tbo_enabled()}))
+"""
+
+
+def test_deepseek_shared_expert_fusion_ignores_only_tbo():
+    """SGLang keeps DeepSeek's shared expert out of the fused MoE kernel whenever TBO is on;
+    sglang-atom's TBO runs the experts as a pass without TBO does, so its hook takes that one
+    reason away. On this CPU SGLang's next reason (no capable GPU) still turns fusion off, which
+    shows that the other checks run."""
+    argv = ["--model-path", str(ROOT / "models" / "deepseek-v3-width"), *CPU_ARGS]
+    out = {}
+    for hooked in (False, True):
+        code = f"ARGV = {argv!r}\nHOOKED = {hooked}\n" + FUSION_SCRIPT
+        out[hooked] = last_json(run_python(code, {"SGLANG_ATOM_BACKEND": "atom"}))
+    assert out[False]["reasons"] == ["SBO/TBO enabled"]
+    assert len(out[True]["reasons"]) == 1
+    assert out[True]["reasons"][0].startswith("Only Deepseek V3/R1 on NV-platform")
+    assert out[False]["fused"] == out[True]["fused"] == 0
+    assert out[True]["tbo_after"] is True  # SGLang's flag is back once the decision is made
