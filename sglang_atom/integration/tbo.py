@@ -25,7 +25,6 @@ from ..tbo.split import agree_split, auto_min_tokens, micro_batch_rows, seq_cut
 from . import moe_layers
 
 _TBO = "sglang.srt.batch_overlap.two_batch_overlap"
-_DEEPSEEK = "sglang.srt.models.deepseek_v2"
 TARGETS = (
     f"{_TBO}._split_extend_seqs",
     f"{_TBO}._is_two_chunk_split_enabled",
@@ -36,10 +35,8 @@ TARGETS = (
     "sglang.srt.model_executor.runner.decode_cuda_graph_runner.DecodeCudaGraphRunner.capture",
     "sglang.srt.layers.attention.tbo_backend.TboAttnBackend._children_use_cuda_graph",
     f"{_TBO}.TboDPAttentionPreparer.prepare_all_gather",
-    f"{_DEEPSEEK}.DeepseekV2ForCausalLM.determine_num_fused_shared_experts",
 )
 READS = (
-    f"{_DEEPSEEK}.is_tbo_enabled",
     f"{_TBO}._model_forward_tbo_split_inputs",
     f"{_TBO}._model_forward_tbo_merge_outputs",
     "sglang.srt.batch_overlap.operations._resolve_tbo_child_contexts",
@@ -149,30 +146,6 @@ def children_outside_graphs(*args, **kwargs) -> bool:
     return False
 
 
-def around_shared_experts_fusion(original, model, *args, **kwargs):
-    """AROUND hook of DeepseekV2ForCausalLM.determine_num_fused_shared_experts: decide as if TBO
-    were off.
-
-    SGLang turns DeepSeek's shared-expert fusion (the shared expert as expert 257 of the fused
-    MoE kernel) off whenever TBO is on, because its own TBO sends experts through an all-to-all
-    dispatcher. sglang-atom's TBO runs the experts on the all-gathered rows exactly as a pass
-    without TBO does, so the fused expert works unchanged. Left off, a split pass ran the shared
-    expert as four more GEMM calls per layer and its routed experts through E=256 kernel tables
-    that plain SGLang never uses (benchmarks/results/NOTES-tbo.md, twentieth session). Every
-    other reason SGLang has to keep fusion off (DeepEP, the expert count, the GPU, the
-    quantization) still applies.
-    """
-    import sys
-
-    module = sys.modules[_DEEPSEEK]
-    tbo_enabled = module.is_tbo_enabled
-    module.is_tbo_enabled = lambda: False  # read once, in this call, by the method's checks
-    try:
-        return original(model, *args, **kwargs)
-    finally:
-        module.is_tbo_enabled = tbo_enabled
-
-
 @lru_cache(maxsize=4)
 def _comm(kind: str, nccl_max_ctas: int, hidden: int, dtype, device):
     """One transport and one set of persistent buffers per process (per hidden size/dtype).
@@ -257,5 +230,4 @@ def hooks(min_tokens: int, comm_kind: str = "nccl", nccl_max_ctas: int = 0):
         (TARGETS[6], before_decode_graph_capture, HookType.BEFORE),
         (TARGETS[7], children_outside_graphs, HookType.REPLACE),
         (TARGETS[8], after_prepare_all_gather, HookType.AFTER),
-        (TARGETS[9], around_shared_experts_fusion, HookType.AROUND),
     ]
