@@ -34,7 +34,8 @@ profile: as perf (--prompts-per-rank prompts on every rank per wave, so most of 
     SGLang's profiler (`/start_profile`, CPU and GPU activity); writes each server's traces to
     DIR/trace_LABEL/ and the TP-0 trace's summary (benchmarks/trace_summary.py: GPU time per
     stream and kernel kind, the compute stream's idle gaps, host time per Python function, and
-    the same per forward pass) into DIR/tbo_profile.json.
+    the same per forward pass), and every other rank's host and GPU time per pass (the slowest
+    rank's host sets a pass's pace), into DIR/tbo_profile.json.
 
 Writes DIR/tbo_{check,perf,profile}.json (command, machine, date, numbers) and logs.
 """
@@ -334,9 +335,10 @@ def profile(args, out: dict) -> None:
             wave_s = time.perf_counter() - t0
             server.post("/stop_profile", {})
             deadline = time.time() + 120  # the ranks export their traces after stop
-            while time.time() < deadline and not _tp0_trace(trace_dir):
+            while time.time() < deadline and len(rank_traces(trace_dir)) < dp:
                 time.sleep(2)
-            path = _tp0_trace(trace_dir)
+            traces = rank_traces(trace_dir)
+            path = traces.get(0)
             events = trace_summary.read(path) if path else None
             out.setdefault("profiles", {})[label] = {
                 "tokens_per_rank": t, "prompts_per_rank": k, "warmup_wave_s": warmup_s,
@@ -345,18 +347,37 @@ def profile(args, out: dict) -> None:
                 # host time per Python function: a split pass of a small model waits on the host
                 "python": trace_summary.python_summary(events, 25) if path else None,
                 # a wave's prompts can land in different scheduler passes; each pass on its own says so
-                "passes": trace_summary.passes(events) if path else None}
+                "passes": trace_summary.passes(events) if path else None,
+                # every rank joins every collective, so the slowest rank's host sets the pace of a
+                # pass (2xH200, twentieth session: rank 1's host ran 1.3-1.5x rank 0's)
+                "passes_by_rank": {r: [_pass_timing(p) for p in trace_summary.passes(trace_summary.read(f))]
+                                   for r, f in sorted(traces.items()) if r != 0}}
             print(f"   {label}: profiled wave {wave_s * 1000:.1f} ms, trace {path}", flush=True)
             for i, p in enumerate(out["profiles"][label]["passes"] or []):
                 print(f"   {trace_summary.pass_line(i, p)}", flush=True)
+            for r, rows in out["profiles"][label]["passes_by_rank"].items():
+                print(f"   rank {r}: " + "; ".join(
+                    f"pass {i}{' (split)' if p['split'] else ''} host {p['host_ms']} / GPU {p['span_ms']} ms"
+                    for i, p in enumerate(rows)), flush=True)
             record_json(os.path.join(args.out, "tbo_profile.json"), out)
 
 
-def _tp0_trace(trace_dir: str) -> str | None:
+def rank_traces(trace_dir: str) -> dict[int, str]:
+    """The trace each TP rank exported into `trace_dir` (SGLang names them `<time>-TP-<rank>-...`)."""
     if not os.path.isdir(trace_dir):
-        return None
-    found = sorted(f for f in os.listdir(trace_dir) if "-TP-0" in f and f.endswith(".trace.json.gz"))
-    return os.path.join(trace_dir, found[0]) if found else None
+        return {}
+    found = {}
+    for name in sorted(os.listdir(trace_dir)):
+        match = re.search(r"-TP-(\d+)[-.]", name)
+        if match and name.endswith(".trace.json.gz"):
+            found.setdefault(int(match.group(1)), os.path.join(trace_dir, name))
+    return found
+
+
+def _pass_timing(p: dict) -> dict:
+    """The host and GPU timing of one pass, without its per-stream breakdown."""
+    keys = ("split", "host_ms", "span_ms", "compute_idle_ms", "gpu_after_host_ms", "gpu_wait_before_ms")
+    return {key: p[key] for key in keys if key in p}
 
 
 def model_copies(models: str, weights: str, layers: int | None = None) -> str:

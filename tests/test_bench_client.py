@@ -480,3 +480,28 @@ def test_frontend_probe_reads_sglangs_latency_histograms_and_cpu_per_process():
     cpu = run["cpu_share"]
     assert set(cpu) == {"main (HTTP + tokenizer manager)", "client (all processes)", "client (per process)"}
     assert cpu["client (all processes)"] > 0 and cpu["main (HTTP + tokenizer manager)"] < 0.5
+
+
+def test_rank_traces_finds_each_rank_once(tmp_path):
+    import tbo_serving
+
+    for name in ("1795504477.32-TP-0-DP-0.trace.json.gz", "1795504477.32-TP-1-DP-1.trace.json.gz",
+                 "1795504477.32-TP-10-DP-10.trace.json.gz", "1795504478.00-TP-1-DP-1.trace.json.gz",
+                 "TP-2.json", "notes.txt"):
+        (tmp_path / name).write_text("{}")
+    found = tbo_serving.rank_traces(str(tmp_path))
+    assert sorted(found) == [0, 1, 10]
+    assert found[1].endswith("1795504477.32-TP-1-DP-1.trace.json.gz")  # the first export of a rank
+    assert tbo_serving.rank_traces(str(tmp_path / "absent")) == {}
+
+
+def test_pass_timing_keeps_host_and_gpu_times_only():
+    import tbo_serving
+
+    p = {"split": True, "host_ms": 65.1, "span_ms": 64.4, "kernels": 280, "compute_idle_ms": 10.1,
+         "gpu_after_host_ms": -0.3, "gpu_wait_before_ms": 5.2, "streams": {"7": {"gemm": 4.5}}}
+    assert tbo_serving._pass_timing(p) == {"split": True, "host_ms": 65.1, "span_ms": 64.4,
+                                           "compute_idle_ms": 10.1, "gpu_after_host_ms": -0.3,
+                                           "gpu_wait_before_ms": 5.2}
+    first = {"split": False, "host_ms": 1.0, "span_ms": 0.0, "streams": {}}  # a pass with no GPU work
+    assert tbo_serving._pass_timing(first) == {"split": False, "host_ms": 1.0, "span_ms": 0.0}
