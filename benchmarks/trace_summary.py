@@ -230,7 +230,7 @@ def main() -> int:
     ap.add_argument("--python", type=int, default=0,
                     help="also list the N Python functions with the most inclusive and self time")
     ap.add_argument("--passes", action="store_true", help="also summarize each forward pass")
-    ap.add_argument("--kernels", default="", help="with --passes: list each pass's kernels of this "
+    ap.add_argument("--kernels", default="", help="--passes, and list each pass's kernels of this "
                     "kind (gemm, moe, attention, ...) by name")
     args = ap.parse_args()
     results = {}
@@ -243,7 +243,7 @@ def main() -> int:
             for kind in ("inclusive", "self"):
                 print(f"== {path}: Python functions by {kind} time (ms)")
                 print("\n".join(f"  {row['ms']:9.3f} {row['function']}" for row in s["python"][kind]))
-        if args.passes:
+        if args.passes or args.kernels:
             s["passes"] = passes(everything)
             print(f"== {path}: forward passes")
             for i, (p, (_, gpu, _)) in enumerate(zip(s["passes"], pass_events(everything))):
