@@ -132,13 +132,16 @@ def pass_events(events: list[dict]) -> list[tuple[dict, list[dict], bool]]:
     return out
 
 
-def passes(events: list[dict]) -> list[dict]:
+def passes(events: list[dict], kernels: str = "") -> list[dict]:
     """One summary per forward pass: `summarize` of the GPU work it launched, its host time,
-    whether it was split, and how the host and GPU lined up around it."""
+    whether it was split, and how the host and GPU lined up around it; with `kernels` (a kind),
+    also that kind's kernels by name (`kernels_<kind>`, see `kernel_names`)."""
     out, prev_gpu_end = [], None
     for f, gpu, split in pass_events(events):
         p = {"host_ms": round(f["dur"] / 1000, 3), "split": split, "kernels": len(gpu),
              **summarize(gpu, top_gaps=3)}
+        if kernels:
+            p["kernels_" + kernels] = kernel_names(gpu, kernels)
         if gpu:
             start, end = min(g["ts"] for g in gpu), max(g["ts"] + g["dur"] for g in gpu)
             # How far the host ran ahead: the GPU's work outlasts the host's return by this much.
@@ -244,15 +247,13 @@ def main() -> int:
                 print(f"== {path}: Python functions by {kind} time (ms)")
                 print("\n".join(f"  {row['ms']:9.3f} {row['function']}" for row in s["python"][kind]))
         if args.passes or args.kernels:
-            s["passes"] = passes(everything)
+            s["passes"] = passes(everything, args.kernels)
             print(f"== {path}: forward passes")
-            for i, (p, (_, gpu, _)) in enumerate(zip(s["passes"], pass_events(everything))):
+            for i, p in enumerate(s["passes"]):
                 print(pass_line(i, p))
-                if args.kernels:
-                    p["kernels_" + args.kernels] = kernel_names(gpu, args.kernels)
-                    for row in p["kernels_" + args.kernels]:
-                        print(f"    {row['calls']:4d} x {row['mean_us']:9.1f} us = {row['total_ms']:8.3f} ms  "
-                              f"{row['name']}")
+                for row in p.get("kernels_" + args.kernels, []):
+                    print(f"    {row['calls']:4d} x {row['mean_us']:9.1f} us = {row['total_ms']:8.3f} ms  "
+                          f"{row['name']}")
         if args.timeline:
             print(f"== {path}: kernels of at least {args.timeline:g} us (start ms, length ms, stream, name)")
             print("\n".join(timeline(events, args.timeline)))

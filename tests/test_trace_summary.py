@@ -119,7 +119,8 @@ def test_passes_group_kernels_by_the_forward_that_launched_them(tmp_path):
     assert (p[1]["gpu_after_host_ms"], p[1]["gpu_wait_before_ms"]) == (0.4, 1.1)
     assert trace_summary.pass_line(1, p[1]).endswith(
         "GPU ends 0.4 ms after the host, waited 1.1 ms before it")
-    gpu = [g for _, g, _ in trace_summary.pass_events(trace_summary.read(str(path)))]
-    assert trace_summary.kernel_names(gpu[0], "moe") == [
+    by_kind = trace_summary.passes(trace_summary.read(str(path)), kernels="moe")
+    assert by_kind[0]["kernels_moe"] == [
         {"name": "fused_moe_kernel", "calls": 1, "mean_us": 300.0, "total_ms": 0.3}]
-    assert trace_summary.kernel_names(gpu[1], "moe") == []
+    assert by_kind[1]["kernels_moe"] == []
+    assert "kernels_moe" not in p[0]
