@@ -181,6 +181,20 @@ def time_sets(sets: list[list[int]], device: str, ops: int, repeats: int) -> lis
     return results
 
 
+def pair_scan(allowed: list[int], device: str, ops: int, repeats: int) -> list[dict]:
+    """The first allowed CPU together with each other one: the slowdown of each against its own
+    time alone. A pair far slower than the rest shares a physical core."""
+    alone = {c: time_sets([[c]], device, ops, repeats)[0]["median_host_us_per_op"] for c in allowed}
+    first, rows = allowed[0], []
+    for other in allowed[1:]:
+        a, b = time_sets([[first], [other]], device, ops, repeats)
+        rows.append({"cpus": [first, other],
+                     "us_per_op": [a["median_host_us_per_op"], b["median_host_us_per_op"]],
+                     "slowdown": [round(a["median_host_us_per_op"] / alone[first], 3),
+                                  round(b["median_host_us_per_op"] / alone[other], 3)]})
+    return rows
+
+
 def cpu_sets(facts: dict, bindings: list[dict]) -> dict[str, list[int]]:
     """The CPU sets worth timing: everything allowed, each NUMA node's allowed CPUs, the sets
     SGLang's binding gives tp 2's two ranks, one core, another physical core and the first
@@ -211,6 +225,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ops", type=int, default=20000, help="ops per timed repeat")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--tp-sizes", default="1,2,4,8", help="SGLang bindings to try")
+    ap.add_argument("--scan", action="store_true",
+                    help="also time the first allowed CPU together with each other one, to find "
+                         "CPUs that share a physical core a virtual machine does not show")
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
 
@@ -227,6 +244,7 @@ def main(argv=None) -> int:
                          ("core_a", "core_a_sibling"), ("allowed", "allowed")) if set(p) <= set(sets)]
     together = [{"sets": list(p), "results": time_sets([sets[n] for n in p], args.device, args.ops,
                                                        args.repeats)} for p in pairs]
+    scan = pair_scan(facts["allowed_cpus"], args.device, args.ops, args.repeats) if args.scan else []
     print(f"{'set':>22} {'cpus':>5} {'us/op alone':>11}")
     for name, r in alone.items():
         print(f"{name:>22} {len(r['cpus']):>5} {r['median_host_us_per_op']:>11.3f}")
@@ -234,12 +252,15 @@ def main(argv=None) -> int:
         a, b = t["results"]
         print(f"together {t['sets'][0]} + {t['sets'][1]}: {a['median_host_us_per_op']:.3f} and "
               f"{b['median_host_us_per_op']:.3f} us/op")
+    for r in scan:
+        print(f"scan: cpu {r['cpus'][0]} with cpu {r['cpus'][1]}: {r['slowdown'][0]:.2f}x and "
+              f"{r['slowdown'][1]:.2f}x their times alone")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         record_json(os.path.join(args.out, "host_probe.json"),
                     {**provenance(), "device": args.device, "ops": args.ops, "repeats": args.repeats,
                      "facts": facts, "sglang_bindings": bindings, "sets": sets, "alone": alone,
-                     "together": together})
+                     "together": together, "scan": scan})
     return 0
 
 

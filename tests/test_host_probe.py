@@ -47,3 +47,11 @@ def test_launch_loop_times_two_pinned_processes_together():
     assert a["cpus"] == [cpu] and len(b["cpus"]) == len(os.sched_getaffinity(0))
     for r in (a, b):
         assert len(r["host_us_per_op"]) == 2 and r["median_host_us_per_op"] > 0
+
+
+def test_pair_scan_reports_each_partner_against_its_time_alone():
+    allowed = sorted(os.sched_getaffinity(0))[:2]
+    rows = host_probe.pair_scan(allowed, "cpu", ops=400, repeats=2)
+    assert [r["cpus"] for r in rows] == [[allowed[0], c] for c in allowed[1:]]
+    for r in rows:
+        assert all(s > 0 for s in r["slowdown"]) and len(r["us_per_op"]) == 2
