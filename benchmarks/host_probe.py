@@ -13,7 +13,8 @@ SGLang:
    error it raised;
 3. host time of a launch-bound loop (small ops, no syncs) in processes pinned to each CPU set,
    alone and two at once (as two DP ranks' schedulers), in microseconds per op, with how long the
-   device took to drain after the host finished (near zero: the loop measured the host).
+   device took to drain after the host finished (near zero: the loop measured the host) and the
+   time the hypervisor stole from those CPUs meanwhile (/proc/stat; zero on bare metal).
 Writes DIR/host_probe.json (command, machine, date).
 """
 
@@ -47,6 +48,19 @@ def _read(path: str) -> str:
             return f.read().strip()
     except OSError:
         return ""
+
+
+def steal_ms(cpus: list[int]) -> float:
+    """Time the hypervisor has kept these CPUs from this guest since boot (/proc/stat's steal
+    column, in USER_HZ ticks of 10 ms): a vCPU that was ready to run while the host ran
+    something else. Zero on bare metal."""
+    wanted, total = {f"cpu{c}" for c in cpus}, 0
+    with open("/proc/stat") as f:
+        for line in f:
+            fields = line.split()
+            if fields and fields[0] in wanted and len(fields) > 8:
+                total += int(fields[8])
+    return total * 1000 / os.sysconf("SC_CLK_TCK")
 
 
 def numa_nodes() -> dict[int, list[int]]:
@@ -150,6 +164,8 @@ def _launch_loop(cpus, device: str, ops: int, repeats: int, barrier, queue) -> N
         step()
     sync()
     barrier.wait()
+    mine = sorted(os.sched_getaffinity(0))
+    steal0, wall0 = steal_ms(mine), time.perf_counter()
     host_us, drain_us = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -160,7 +176,9 @@ def _launch_loop(cpus, device: str, ops: int, repeats: int, barrier, queue) -> N
         t2 = time.perf_counter()
         host_us.append((t1 - t0) * 1e6 / (4 * steps))
         drain_us.append((t2 - t1) * 1e6)
-    queue.put({"cpus": sorted(os.sched_getaffinity(0)), "host_us_per_op": sorted(host_us),
+    queue.put({"cpus": mine, "host_us_per_op": sorted(host_us),
+               "timed_ms": round((time.perf_counter() - wall0) * 1e3, 1),
+               "steal_ms": steal_ms(mine) - steal0,
                "median_host_us_per_op": round(sorted(host_us)[len(host_us) // 2], 3),
                "max_drain_us": round(max(drain_us), 1)})
 
@@ -190,6 +208,7 @@ def pair_scan(allowed: list[int], device: str, ops: int, repeats: int) -> list[d
         a, b = time_sets([[first], [other]], device, ops, repeats)
         rows.append({"cpus": [first, other],
                      "us_per_op": [a["median_host_us_per_op"], b["median_host_us_per_op"]],
+                     "steal_ms": [a["steal_ms"], b["steal_ms"]],
                      "slowdown": [round(a["median_host_us_per_op"] / alone[first], 3),
                                   round(b["median_host_us_per_op"] / alone[other], 3)]})
     return rows
@@ -245,16 +264,19 @@ def main(argv=None) -> int:
     together = [{"sets": list(p), "results": time_sets([sets[n] for n in p], args.device, args.ops,
                                                        args.repeats)} for p in pairs]
     scan = pair_scan(facts["allowed_cpus"], args.device, args.ops, args.repeats) if args.scan else []
-    print(f"{'set':>22} {'cpus':>5} {'us/op alone':>11}")
+    print(f"{'set':>22} {'cpus':>5} {'us/op alone':>11} {'steal ms':>8} {'of ms':>7}")
     for name, r in alone.items():
-        print(f"{name:>22} {len(r['cpus']):>5} {r['median_host_us_per_op']:>11.3f}")
+        print(f"{name:>22} {len(r['cpus']):>5} {r['median_host_us_per_op']:>11.3f} "
+              f"{r['steal_ms']:>8.0f} {r['timed_ms']:>7.0f}")
     for t in together:
         a, b = t["results"]
         print(f"together {t['sets'][0]} + {t['sets'][1]}: {a['median_host_us_per_op']:.3f} and "
-              f"{b['median_host_us_per_op']:.3f} us/op")
+              f"{b['median_host_us_per_op']:.3f} us/op (steal {a['steal_ms']:.0f} and "
+              f"{b['steal_ms']:.0f} ms of {a['timed_ms']:.0f})")
     for r in scan:
         print(f"scan: cpu {r['cpus'][0]} with cpu {r['cpus'][1]}: {r['slowdown'][0]:.2f}x and "
-              f"{r['slowdown'][1]:.2f}x their times alone")
+              f"{r['slowdown'][1]:.2f}x their times alone (steal {r['steal_ms'][0]:.0f} and "
+              f"{r['steal_ms'][1]:.0f} ms)")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         record_json(os.path.join(args.out, "host_probe.json"),

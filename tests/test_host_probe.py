@@ -55,3 +55,11 @@ def test_pair_scan_reports_each_partner_against_its_time_alone():
     assert [r["cpus"] for r in rows] == [[allowed[0], c] for c in allowed[1:]]
     for r in rows:
         assert all(s > 0 for s in r["slowdown"]) and len(r["us_per_op"]) == 2
+
+
+def test_steal_is_read_per_cpu_from_proc_stat():
+    cpus = sorted(os.sched_getaffinity(0))
+    per_cpu = [host_probe.steal_ms([c]) for c in cpus]
+    assert all(s >= 0 for s in per_cpu)
+    assert host_probe.steal_ms(cpus) >= max(per_cpu)
+    assert host_probe.steal_ms([]) == 0
