@@ -15,7 +15,7 @@ from functools import lru_cache
 from .. import platform
 from ..config import AtomConfig
 from ..validation import ServingSetup, admission_active, summary, tbo_active
-from . import admission, routing_compat, symbols, tbo
+from . import admission, prefix_attention, routing_compat, symbols, tbo
 
 logger = logging.getLogger("sglang_atom")
 
@@ -125,10 +125,12 @@ def runtime_hooks(launcher: bool):
         hooks.append((symbols.DP_CONTROLLER_TARGET, DPControllerProcess, HookType.REPLACE))
         hooks.append((symbols.HTTP_SERVER_TARGET, routing_compat.before_http_server, HookType.BEFORE))
     else:
-        # Model-side hooks, in the processes that run the model. They change nothing unless
-        # --enable-two-batch-overlap is on (SGLang only reaches them through its TBO paths).
+        # Model-side hooks, in the processes that run the model. The TBO hooks change nothing
+        # unless --enable-two-batch-overlap is on (SGLang only reaches them through its TBO
+        # paths); the prefix-attention plan serves every DeepSeek pass over a cached prefix.
         cfg = process_config()
         hooks += tbo.hooks(cfg.tbo_min_tokens, cfg.tbo_comm, cfg.tbo_nccl_max_ctas)
+        hooks += prefix_attention.hooks()
     return hooks
 
 
@@ -143,7 +145,7 @@ def install(launcher: bool) -> None:
 
     hooks = runtime_hooks(launcher)
     targets = [target for target, _, _ in hooks]
-    reads = symbols.HTTP_SERVER_READS if launcher else tbo.READS
+    reads = symbols.HTTP_SERVER_READS if launcher else tbo.READS + prefix_attention.READS
     try:
         symbols.require(targets + list(symbols.OTHER_SYMBOLS) + list(reads))
     except symbols.SGLangMismatch as exc:
