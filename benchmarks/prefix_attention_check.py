@@ -38,7 +38,8 @@ def planning_per_pass(events: list[dict]) -> list[dict]:
     host time inside each planning function (outermost frames, so a call counts once)."""
     frames = [e for e in events if e.get("cat") == "python_function" and e["name"].endswith(PLANNING)]
     rows = []
-    for (f, gpu, _), p in zip(trace_summary.pass_events(events), trace_summary.passes(events)):
+    matched = trace_summary.pass_events(events)
+    for (f, gpu, _), p in zip(matched, trace_summary.passes(events, matched=matched)):
         lo, hi = f["ts"], f["ts"] + f["dur"]
         inside = sorted((e for e in frames if lo <= e["ts"] <= hi), key=lambda e: e["ts"])
         host_ms: dict[str, float] = {}
@@ -50,8 +51,7 @@ def planning_per_pass(events: list[dict]) -> list[dict]:
                 end[name] = e["ts"] + e["dur"]
         rows.append({"host_ms": p["host_ms"], "gpu_span_ms": p.get("span_ms"),
                      "gpu_after_host_ms": p.get("gpu_after_host_ms"),
-                     "dtoh_copies": sum("DtoH" in g["name"] or "Device -> Pageable" in g["name"]
-                                        for g in gpu),
+                     "dtoh_copies": sum("DtoH" in g["name"] for g in gpu),  # "Memcpy DtoH (...)"
                      "planning_host_ms": host_ms})
     return rows
 

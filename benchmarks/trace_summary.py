@@ -132,12 +132,13 @@ def pass_events(events: list[dict]) -> list[tuple[dict, list[dict], bool]]:
     return out
 
 
-def passes(events: list[dict], kernels: str = "") -> list[dict]:
+def passes(events: list[dict], kernels: str = "", matched: list | None = None) -> list[dict]:
     """One summary per forward pass: `summarize` of the GPU work it launched, its host time,
     whether it was split, and how the host and GPU lined up around it; with `kernels` (a kind),
-    also that kind's kernels by name (`kernels_<kind>`, see `kernel_names`)."""
+    also that kind's kernels by name (`kernels_<kind>`, see `kernel_names`). `matched`: the
+    result of `pass_events(events)`, for a caller that needs it too (matching is the costly part)."""
     out, prev_gpu_end = [], None
-    for f, gpu, split in pass_events(events):
+    for f, gpu, split in matched if matched is not None else pass_events(events):
         p = {"host_ms": round(f["dur"] / 1000, 3), "split": split, "kernels": len(gpu),
              **summarize(gpu, top_gaps=3)}
         if kernels:
