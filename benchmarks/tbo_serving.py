@@ -6,7 +6,14 @@
 
 Each model is served twice with `--backend atom --tp N --dp N --enable-dp-attention
 --atom-admission off`: once plain, once with `--enable-two-batch-overlap`. Admission is off so
-both servers see the same batches.
+both servers see the same batches. `--gatherv` adds `--atom-dp-gatherv 1` to the compared
+servers, and `--tbo-comm none` leaves TBO off there:
+
+    python3 benchmarks/tbo_serving.py check --out DIR --models models/qwen3-moe-check --dp 2 \
+        --gatherv --tbo-comm none
+
+checks the gatherv transport alone against the plain server (at DP2 the same rows summed in the
+same order: answers should be identical, not only within the noise floor).
 
 check: random N(0, 0.02) weights (benchmarks/random_checkpoint.py; dummy weights would not
     show a mix-up), decode CUDA graphs on, small chunked prefill. Wave 1 sends prompts of mixed
@@ -115,20 +122,38 @@ def attention_flags(model: str) -> list[str]:
     return ["--attention-backend", "flashinfer"] if set(architectures) & set(MLA_ARCHITECTURES) else []
 
 
-def server_flags(model: str, dp: int, tbo_comm: str | None, extra: list[str]) -> list[str]:
-    """`tbo_comm` None: without TBO; else with TBO over that `--atom-tbo-comm` transport."""
+def variants(args, with_plain: bool = True) -> list[tuple[str, str | None, bool]]:
+    """The servers to compare, as (label, TBO transport or None, --atom-dp-gatherv): the plain
+    server first, then one per `--tbo-comm` value ('none': without TBO), each with
+    `--atom-dp-gatherv 1` if --gatherv."""
+    out = [("plain", None, False)] if with_plain else []
+    for comm in args.tbo_comm.split(","):
+        tbo_comm = None if comm == "none" else comm
+        label = "+".join([*([f"tbo-{comm}"] if tbo_comm else []), *(["gatherv"] if args.gatherv else [])])
+        if not label:
+            raise ValueError("--tbo-comm none compares the plain server with itself; add --gatherv")
+        out.append((label, tbo_comm, args.gatherv))
+    return out
+
+
+def server_flags(model: str, dp: int, tbo_comm: str | None, extra: list[str],
+                 gatherv: bool = False) -> list[str]:
+    """`tbo_comm` None: without TBO; else with TBO over that `--atom-tbo-comm` transport.
+    `gatherv`: with `--atom-dp-gatherv 1`."""
     flags = ["--model-path", model, "--tp", str(dp), "--dp", str(dp), "--enable-dp-attention",
              "--backend", "atom", "--atom-admission", "off", "--enable-metrics", *extra,
              *attention_flags(model), *SERVER_EXTRA]
     if tbo_comm:
         flags += ["--enable-two-batch-overlap", "--atom-tbo-comm", tbo_comm]
+    if gatherv:
+        flags += ["--atom-dp-gatherv", "1"]
     return flags
 
 
 @contextlib.contextmanager
-def serving(args, out: dict, model_name: str, tbo_comm: str | None, flags: list[str]):
+def serving(args, out: dict, model_name: str, variant: str, flags: list[str]):
     """One server of a with/without set; records its start-up time and split prefill passes."""
-    label = f"{model_name}-{'tbo-' + tbo_comm if tbo_comm else 'plain'}"
+    label = f"{model_name}-{variant}"
     print(f"== {label}: starting", flush=True)
     with Server(flags, os.path.join(args.out, f"server_{label}.log"), env=args.server_env) as server:
         startup = server.wait_ready(args.start_timeout)
@@ -154,8 +179,9 @@ def check(args, out: dict) -> None:
         wave2 = [(dp - 1, [rng.randrange(3, vocab) for _ in range(3000)])]
         control, half = replaced_prefix(rng, wave2[0], vocab)
         answers = {}
-        for tbo in (False, True):
-            tbo_comm = args.tbo_comm.split(",")[0] if tbo else None
+        compared = variants(args)[1][0]
+        out["compared"] = compared  # the server whose answers are checked against the plain one
+        for tbo, (variant, tbo_comm, gatherv) in zip((False, True), variants(args)):
             flags = server_flags(ckpt, dp, tbo_comm, [
                 *[f for f in BASE_FLAGS if f not in ("--load-format", "dummy", "--disable-cuda-graph")],
                 "--cuda-graph-max-bs", "16", "--chunked-prefill-size", str(chunk * dp),
@@ -163,8 +189,8 @@ def check(args, out: dict) -> None:
                 # a tiny model leaves a huge KV pool; SGLang's decode buffers scale with the
                 # request slots it implies and ran out of memory for DeepSeek-V3-tiny
                 "--max-running-requests", "64", "--mem-fraction-static", "0.7",
-                "--atom-tbo-min-tokens", "256"])
-            with serving(args, out, name, tbo_comm, flags) as (server, _):
+                "--atom-tbo-min-tokens", "256"], gatherv)
+            with serving(args, out, name, variant, flags) as (server, _):
                 answers[tbo] = wave(server.url, wave1, 8, True) + wave(server.url, wave2, 8, True)
                 if not tbo:
                     answers["serial"] = [wave(server.url, [p], 8, True)[0] for p in wave1 + wave2]
@@ -174,20 +200,21 @@ def check(args, out: dict) -> None:
             ref = answers[False][i]
             rows.append({"rank": rank, "prompt_len": len(ids),
                          "logprob_mean": round(statistics.fmean(_logprobs(ref)), 4),
-                         "tbo": _compare(ref, answers[True][i]),
+                         "compared": _compare(ref, answers[True][i]),
                          "noise_floor": _compare(ref, answers["serial"][i])})
-            print(f"   rank {rank} len {len(ids)}: tbo {rows[-1]['tbo']}, floor {rows[-1]['noise_floor']}",
+            print(f"   rank {rank} len {len(ids)}: {compared} {rows[-1]['compared']}, "
+                  f"floor {rows[-1]['noise_floor']}",
                   flush=True)
         out.setdefault("models", {})[name] = rows
         # What an error of the kind TBO could make looks like with these weights: the cut half
         # attending to the wrong prefix. TBO's deltas must sit far below it to mean anything.
         wrong = _logprob_diffs(answers[False][len(wave1)], answers["control"], start=half)
-        worst, wrong_mean = max(r["tbo"]["logprob_mean_abs_diff"] for r in rows), statistics.fmean(wrong)
+        worst, wrong_mean = max(r["compared"]["logprob_mean_abs_diff"] for r in rows), statistics.fmean(wrong)
         sensitivity = {"prompt_len": len(wave2[0][1]), "replaced_prefix_tokens": half,
                        "logprob_max_abs_diff": round(max(wrong), 5),
                        "logprob_mean_abs_diff": round(wrong_mean, 6),
                        # None: the model ignored its context, so this check could not see the error
-                       "tbo_worst_mean_over_this_mean": round(worst / wrong_mean, 4) if wrong_mean else None}
+                       "compared_worst_mean_over_this_mean": round(worst / wrong_mean, 4) if wrong_mean else None}
         out.setdefault("wrong_prefix_control", {})[name] = sensitivity
         print(f"   wrong-prefix control: {sensitivity}", flush=True)
         record_json(os.path.join(args.out, "tbo_check.json"), out)
@@ -232,18 +259,19 @@ def _compare(a: dict, b: dict) -> dict:
 
 
 def prefill_servers(args, out: dict, model: str, tokens_per_rank: int):
-    """The plain server, then one TBO server per `--tbo-comm` transport, each in turn: yields
-    (model name, transport or None, server, label) with dummy weights and a prefill budget of
-    `tokens_per_rank` on every rank."""
+    """The plain server, then one per `variants`, each in turn: yields (model name, variant,
+    server, label) with dummy weights and a prefill budget of `tokens_per_rank` on every rank."""
     name = os.path.basename(model.rstrip("/"))
-    for tbo_comm in [*([] if args.skip_plain else [None]), *args.tbo_comm.split(",")]:
-        flags = prefill_flags(args, model, tokens_per_rank, tbo_comm)
-        with serving(args, out, name, tbo_comm, flags) as (server, label):
-            yield name, tbo_comm, server, label
+    for variant, tbo_comm, gatherv in variants(args, with_plain=not args.skip_plain):
+        flags = prefill_flags(args, model, tokens_per_rank, tbo_comm, gatherv)
+        with serving(args, out, name, variant, flags) as (server, label):
+            yield name, (variant, tbo_comm, gatherv), server, label
 
 
-def prefill_flags(args, model: str, tokens_per_rank: int, tbo_comm: str | None) -> list[str]:
-    """A prefill server's flags: with TBO over `tbo_comm`, or without it (None)."""
+def prefill_flags(args, model: str, tokens_per_rank: int, tbo_comm: str | None,
+                  gatherv: bool = False) -> list[str]:
+    """A prefill server's flags: with TBO over `tbo_comm`, or without it (None); with
+    `--atom-dp-gatherv 1` if `gatherv`."""
     budget = str(tokens_per_rank * args.dp)
     # TBO servers split every pass measured here: these modes measure the split itself, and
     # the size a model splits from by default (`--atom-tbo-min-tokens 0`) would leave some
@@ -257,7 +285,7 @@ def prefill_flags(args, model: str, tokens_per_rank: int, tbo_comm: str | None) 
     # T x dp (sized for memory the same way)
     return server_flags(model, args.dp, tbo_comm, [
         *base, "--chunked-prefill-size", budget, "--max-prefill-tokens", budget,
-        "--atom-prefill-tokens-per-rank", str(tokens_per_rank), *split_all])
+        "--atom-prefill-tokens-per-rank", str(tokens_per_rank), *split_all], gatherv)
 
 
 def fresh_prompts(rng: random.Random, dp: int, tokens: int,
@@ -271,7 +299,8 @@ def perf(args, out: dict) -> None:
     dp = args.dp
     tokens = [int(t) for t in args.tokens.split(",")]
     for model in args.models.split(","):
-        for name, tbo_comm, server, label in prefill_servers(args, out, model, max(tokens)):
+        for name, (variant, tbo_comm, gatherv), server, label in prefill_servers(args, out, model,
+                                                                                 max(tokens)):
             rng = random.Random(1)
             rows = out.setdefault("runs", [])
             k = args.prompts_per_rank
@@ -290,7 +319,8 @@ def perf(args, out: dict) -> None:
                         passes.append(extend_passes(server.get("/metrics")) - before)
                 med = statistics.median(times)
                 aligned = aligned_median(times, passes, k)
-                rows.append({"model": name, "tbo": bool(tbo_comm), "tbo_comm": tbo_comm,
+                rows.append({"model": name, "variant": variant, "tbo": bool(tbo_comm),
+                             "tbo_comm": tbo_comm, "dp_gatherv": gatherv,
                              "tokens_per_rank": t, "prompts_per_rank": k, "times_per_prompt_s": times,
                              "passes_per_wave": passes,
                              "median_s": round(med, 4), "min_s": round(min(times), 4),
@@ -304,11 +334,11 @@ def perf(args, out: dict) -> None:
                 record_json(os.path.join(args.out, "tbo_perf.json"), out)
     speedups = {}
     for r in out.get("runs", []):
-        if r["tbo"]:
-            base = next((x for x in out["runs"] if x["model"] == r["model"] and not x["tbo"]
+        if r["variant"] != "plain":
+            base = next((x for x in out["runs"] if x["model"] == r["model"] and x["variant"] == "plain"
                          and x["tokens_per_rank"] == r["tokens_per_rank"]), None)
             if base:
-                key = f"{r['model']}@{r['tokens_per_rank']}@{r['tbo_comm']}"
+                key = f"{r['model']}@{r['tokens_per_rank']}@{r['variant']}"
                 speedups[key] = {"median": round(base["median_s"] / r["median_s"], 3),
                                  "min": round(base["min_s"] / r["min_s"], 3)}
                 if base.get("aligned_median_s") and r.get("aligned_median_s"):
@@ -405,7 +435,10 @@ def main() -> int:
                     help="perf/profile: prompts of --tokens on every rank per wave (see above)")
     ap.add_argument("--tbo-comm", default="nccl",
                     help="--atom-tbo-comm of the TBO servers; perf runs one TBO server per listed value, "
-                         "check the first")
+                         "check the first; 'none': that server without TBO (with --gatherv)")
+    ap.add_argument("--gatherv", action="store_true",
+                    help="the servers compared with the plain one also run --atom-dp-gatherv 1 "
+                         "(with --tbo-comm none: gatherv alone against the plain server)")
     ap.add_argument("--skip-plain", action="store_true",
                     help="perf/profile: only the TBO servers (the plain number from an earlier run)")
     ap.add_argument("--cuda-graph", action="store_true",

@@ -118,6 +118,15 @@ class AtomConfig:
         low=0, high=64,
     )
 
+    dp_gatherv: bool = _flag(
+        False,
+        "Move each MoE layer's rows by all_gatherv + reduce_scatterv of every rank's real rows in "
+        "the passes where SGLang all-reduces them (every prefill pass that does not run in a "
+        "CUDA graph): SGLang's SGLANG_DP_USE_GATHERV gather plus sglang-atom's reduce_scatterv "
+        "combine for TP-sharded experts, about half of the all-reduces' bytes. Needs DP "
+        "attention with --dp equal to --tp. Experimental: not yet measured on GPUs (1 or 0).",
+    )
+
     # MoE expert kernels.
     moe_kernel: str = _flag(
         "auto",

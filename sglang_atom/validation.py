@@ -67,6 +67,12 @@ def check(cfg: AtomConfig, setup: ServingSetup, platform: str = "cuda") -> None:
         raise AtomConfigError(
             "--atom-prefill-tokens-per-rank bounds chunked prefill, which --chunked-prefill-size -1 "
             "turns off; drop one of the two.")
+    if cfg.dp_gatherv and not (setup.dp_attention and setup.dp_size > 1 and setup.tp_size == setup.dp_size):
+        raise AtomConfigError(
+            "--atom-dp-gatherv gathers each DP rank's rows with attention TP 1; pass "
+            "--enable-dp-attention with --dp 2 or more equal to --tp (got --tp "
+            f"{setup.tp_size} --dp {setup.dp_size}{'' if setup.dp_attention else ', no DP attention'}), "
+            "or drop --atom-dp-gatherv.")
     if setup.two_batch_overlap and not setup.dp_attention:
         raise AtomConfigError(
             "--enable-two-batch-overlap with --backend atom overlaps the DP all_gather/reduce_scatter "
@@ -180,7 +186,9 @@ def summary(cfg: AtomConfig, setup: ServingSetup, plan: PlatformPlan, tbo_min_to
         tbo = "tbo=off (--enable-two-batch-overlap not given)"
     else:
         tbo = "tbo=off (needs --enable-dp-attention with --dp > 1)"
+    gatherv = (" | dp_gatherv=all_gatherv/reduce_scatterv in passes SGLang would all-reduce "
+               "(experimental: not yet measured on GPUs)" if cfg.dp_gatherv else "")
     budget = (f" | prefill budget={setup.prefill_tokens_per_rank} tokens per rank"
               if setup.dp_attention and setup.prefill_tokens_per_rank else "")
-    return (f"sglang-atom active: {admission}{budget} | {tbo} | moe_kernel={plan.moe_kernel} ({plan.platform}) | "
+    return (f"sglang-atom active: {admission}{budget} | {tbo}{gatherv} | moe_kernel={plan.moe_kernel} ({plan.platform}) | "
             f"collectives={plan.collective_backend} all_gather/reduce_scatter")

@@ -320,12 +320,13 @@ def test_check_runs_the_wrong_prefix_control_and_compares_only_the_second_half(t
     monkeypatch.setattr(tbo_serving, "model_config", lambda model: {"vocab_size": 1000})
     monkeypatch.setattr(tbo_serving.random_checkpoint, "write", lambda model, path: path)
     args = argparse.Namespace(out=str(tmp_path), models="models/qwen3-moe-check", dp=2, tbo_comm="nccl",
-                              start_timeout=10, server_env={})
+                              gatherv=False, start_timeout=10, server_env={})
     out = {}
     tbo_serving.check(args, out)
     rows = out["models"]["qwen3-moe-check"]
     assert [(r["rank"], r["prompt_len"]) for r in rows] == [(0, 300), (0, 700), (0, 1500), (1, 2600), (1, 3000)]
-    assert all(r["tbo"]["same_output_ids"] and r["tbo"]["logprob_max_abs_diff"] == 0 for r in rows)
+    assert all(r["compared"]["same_output_ids"] and r["compared"]["logprob_max_abs_diff"] == 0 for r in rows)
+    assert out["compared"] == "tbo-nccl"
     # 3000 tokens on the wave-2 rank: wave 2 on both servers, the plain server's serial resend,
     # and the control (plain server only), whose first half differs
     long_prompts = [ids for w in sent for rank, ids in w if len(ids) == 3000]
@@ -340,7 +341,7 @@ def test_check_runs_the_wrong_prefix_control_and_compares_only_the_second_half(t
     whole = [abs(_local_logprob(original, i) - _local_logprob(replaced, i)) for i in range(1, 3000)]
     assert control["logprob_mean_abs_diff"] == round(sum(second_half) / 1500, 6)
     assert control["logprob_mean_abs_diff"] < sum(whole) / 2999 / 10
-    assert control["tbo_worst_mean_over_this_mean"] == 0.0
+    assert control["compared_worst_mean_over_this_mean"] == 0.0
     assert out["servers"]["qwen3-moe-check-tbo-nccl"]["prefill_passes"] == {"yes": 3.0, "no": 1.0}
     assert out["servers"]["qwen3-moe-check-plain"]["prefill_passes"] == {"yes": 0, "no": 0}
 
@@ -363,7 +364,8 @@ def test_perf_records_passes_per_wave_and_the_aligned_speedup(tmp_path, monkeypa
     monkeypatch.setattr(tbo_serving, "wave", fake_wave)
     monkeypatch.setattr(tbo_serving, "model_config", lambda model: {})
     args = argparse.Namespace(out=str(tmp_path), models="models/qwen3-235b-width", dp=2, tokens="64",
-                              prompts_per_rank=4, warmup=1, repeats=3, tbo_comm="nccl", skip_plain=False,
+                              prompts_per_rank=4, warmup=1, repeats=3, tbo_comm="nccl", gatherv=False,
+                              skip_plain=False,
                               start_timeout=10, cuda_graph=False, server_env={"SGLANG_MOE_CONFIG_DIR": "d"})
     out = {}
     _FakeServer.started, _FakeServer.envs = [], []
@@ -379,11 +381,43 @@ def test_perf_records_passes_per_wave_and_the_aligned_speedup(tmp_path, monkeypa
     assert waves == [8] * 8  # 4 prompts on each of 2 ranks, 1 warm-up + 3 timed waves per server
     assert plain["passes_per_wave"] == [4.0, 4.0, 5.0] and tbo["passes_per_wave"] == [4.0, 4.0, 5.0]
     assert plain["aligned_median_s"] is not None
-    assert "aligned_median" in out["speedup_off_over_on"]["qwen3-235b-width@64@nccl"]
+    assert "aligned_median" in out["speedup_off_over_on"]["qwen3-235b-width@64@tbo-nccl"]
     # --cuda-graph: both servers keep SGLang's graphs (plain prefill in its breakable graphs)
     _FakeServer.started, args.cuda_graph = [], True
     tbo_serving.perf(args, {})
     assert not any("--disable-cuda-graph" in flags for flags in _FakeServer.started)
+
+
+def test_perf_compares_gatherv_servers_with_and_without_tbo(tmp_path, monkeypatch):
+    """--gatherv --tbo-comm none,nccl: the plain server, gatherv alone, then TBO with gatherv;
+    each speedup is against the plain server and named by what its server ran."""
+    import argparse
+    import time
+
+    import pytest
+    import tbo_serving
+
+    monkeypatch.setattr(tbo_serving, "Server", _FakeServer)
+    # a wave takes time (times are rounded to 0.1 ms per pass-worth)
+    monkeypatch.setattr(tbo_serving, "wave", lambda url, prompts, max_new, logprobs: time.sleep(0.01) or [])
+    monkeypatch.setattr(tbo_serving, "model_config", lambda model: {})
+    args = argparse.Namespace(out=str(tmp_path), models="models/qwen3-235b-width", dp=2, tokens="64",
+                              prompts_per_rank=1, warmup=0, repeats=1, tbo_comm="none,nccl", gatherv=True,
+                              skip_plain=False, start_timeout=10, cuda_graph=False, server_env={})
+    out = {}
+    _FakeServer.started = []
+    tbo_serving.perf(args, out)
+    plain, gatherv, both = _FakeServer.started
+    assert "--atom-dp-gatherv" not in plain and "--enable-two-batch-overlap" not in plain
+    assert gatherv[gatherv.index("--atom-dp-gatherv") + 1] == "1"
+    assert "--enable-two-batch-overlap" not in gatherv and "--atom-tbo-min-tokens" not in gatherv
+    assert "--atom-dp-gatherv" in both and both[both.index("--atom-tbo-comm") + 1] == "nccl"
+    assert [r["variant"] for r in out["runs"]] == ["plain", "gatherv", "tbo-nccl+gatherv"]
+    assert sorted(out["speedup_off_over_on"]) == ["qwen3-235b-width@64@gatherv",
+                                                   "qwen3-235b-width@64@tbo-nccl+gatherv"]
+    args.gatherv = False  # 'none' without --gatherv would compare the plain server with itself
+    with pytest.raises(ValueError, match="add --gatherv"):
+        tbo_serving.perf(args, {})
 
 
 def test_profile_summarizes_gpu_and_host_time_of_each_servers_trace(tmp_path, monkeypatch):
@@ -420,7 +454,7 @@ def test_profile_summarizes_gpu_and_host_time_of_each_servers_trace(tmp_path, mo
     monkeypatch.setattr(tbo_serving, "wave",
                         lambda url, prompts, max_new, logprobs: waves.append(len(prompts)) or [])
     args = argparse.Namespace(out=str(tmp_path), models="models/qwen3-moe-tiny", dp=2, tokens="4096",
-                              warmup=1, tbo_comm="nccl", skip_plain=False, start_timeout=10,
+                              warmup=1, tbo_comm="nccl", gatherv=False, skip_plain=False, start_timeout=10,
                               cuda_graph=False, prompts_per_rank=3, server_env={})
     out = {}
     tbo_serving.profile(args, out)

@@ -33,7 +33,8 @@ def admission_servers() -> dict[str, list[str]]:
 def tbo_prefill_servers() -> dict[str, list[str]]:
     """tbo_serving.py perf's servers for each model (and the width models as FP8 block checkpoints,
     also with 8 layers) at DP 2, 4 and 8, without TBO and with it over NCCL (`--atom-tbo-comm
-    copy-engine` is refused on a machine without CUDA, rightly)."""
+    copy-engine` is refused on a machine without CUDA, rightly), each also with
+    `--atom-dp-gatherv 1` (`--gatherv`)."""
     servers = {}
     widths = ",".join(TBO_MODELS[1:])
     fp8 = tbo_serving.model_copies(widths, "fp8").split(",")  # --weights fp8
@@ -42,7 +43,9 @@ def tbo_prefill_servers() -> dict[str, list[str]]:
         for dp in (2, 4, 8):
             args = SimpleNamespace(dp=dp, cuda_graph=True)
             for comm in (None, "nccl"):
-                servers[f"tbo_serving {model} dp{dp} {comm}"] = tbo_serving.prefill_flags(args, model, 8192, comm)
+                for gatherv in (False, True):
+                    servers[f"tbo_serving {model} dp{dp} {comm}{' gatherv' * gatherv}"] = (
+                        tbo_serving.prefill_flags(args, model, 8192, comm, gatherv))
     return servers
 
 

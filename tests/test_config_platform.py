@@ -263,3 +263,32 @@ def test_prefill_budget_per_rank_needs_dp_attention_and_is_in_the_startup_line()
     assert "| prefill budget=8192 tokens per rank |" in summary(AtomConfig(backend="atom"), dp, plan("cuda"))
     assert "prefill budget" not in summary(AtomConfig(backend="atom"), replace(dp, prefill_tokens_per_rank=None),
                                            plan("cuda"))
+
+
+def test_dp_gatherv_needs_dp_attention_with_attention_tp_1_and_is_in_the_startup_line():
+    from dataclasses import replace
+
+    from sglang_atom.integration.dp_gatherv import reduce_scatters_here
+    from sglang_atom.validation import ServingSetup, check, summary
+
+    dp = ServingSetup("DeepseekV3ForCausalLM", dp_attention=True, dp_size=4, tp_size=4,
+                      moe_a2a_backend="none", prefill_delayer=False, two_batch_overlap=False,
+                      disaggregation_mode="null")
+    on = parse(["--backend", "atom", "--atom-dp-gatherv", "1"])
+    assert on.dp_gatherv and not AtomConfig().dp_gatherv  # off until measured on GPUs
+    check(on, dp)
+    check(on, replace(dp, two_batch_overlap=True))  # TBO's own passes keep their transport
+    for setup, got in ((replace(dp, tp_size=8), "(got --tp 8 --dp 4)"),
+                       (replace(dp, dp_attention=False, dp_size=1), "(got --tp 4 --dp 1, no DP attention)")):
+        with pytest.raises(AtomConfigError, match=re.escape(
+                "--atom-dp-gatherv gathers each DP rank's rows with attention TP 1; pass "
+                f"--enable-dp-attention with --dp 2 or more equal to --tp {got}, or drop --atom-dp-gatherv.")):
+            check(on, setup)
+    assert "| dp_gatherv=all_gatherv/reduce_scatterv in passes SGLang would all-reduce" in summary(
+        on, dp, plan("cuda"))
+    assert "dp_gatherv" not in summary(AtomConfig(backend="atom"), dp, plan("cuda"))
+    # the combine adds a reduce_scatterv only where a layer may reduce-scatter, in a SUM_LEN
+    # pass, and SGLang does not already (its expert-parallel reduce_scatterv)
+    assert [reduce_scatters_here(a, s, g) for a, s, g in
+            [(True, True, False), (False, True, False), (True, False, False), (True, True, True)]] == [
+        True, False, False, False]

@@ -130,6 +130,9 @@ ERROR_CASES = {
                          "set --dp equal to --tp (got --tp 4 --dp 2)"),
     "tbo_mixed_chunk": (["--enable-two-batch-overlap", "--enable-mixed-chunk"],
                         "splits prefill-only batches; drop --enable-mixed-chunk"),
+    "gatherv_attention_tp": (["--atom-dp-gatherv", "1", "--tp", "4"],
+                             "--atom-dp-gatherv gathers each DP rank's rows with attention TP 1; pass "
+                             "--enable-dp-attention with --dp 2 or more equal to --tp (got --tp 4 --dp 2)"),
 }
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import os
 from ..config import BACKEND_ENV, AtomConfig, AtomConfigError, backend_requested
 from .. import platform
 from ..validation import check
-from . import runtime
+from . import dp_gatherv, runtime
 
 
 def after_add_cli_args(result, parser, *args, **kwargs):
@@ -44,6 +44,8 @@ def before_post_init(server_args, *args, **kwargs):
         return None
     plan = platform.plan(platform.probe(), cfg.moe_kernel, os.environ)
     os.environ.update(plan.env)  # read by SGLang at import time in the processes spawned next
+    if cfg.dp_gatherv:
+        os.environ.update(dp_gatherv.ENV)  # likewise
     if server_args.moe_runner_backend == "auto" and plan.moe_runner_backend != "auto":
         server_args.moe_runner_backend = plan.moe_runner_backend
     return None

@@ -15,7 +15,7 @@ from functools import lru_cache
 from .. import platform
 from ..config import AtomConfig
 from ..validation import ServingSetup, admission_active, summary, tbo_active
-from . import admission, prefix_attention, routing_compat, symbols, tbo
+from . import admission, dp_gatherv, prefix_attention, routing_compat, symbols, tbo
 
 logger = logging.getLogger("sglang_atom")
 
@@ -127,10 +127,13 @@ def runtime_hooks(launcher: bool):
     else:
         # Model-side hooks, in the processes that run the model. The TBO hooks change nothing
         # unless --enable-two-batch-overlap is on (SGLang only reaches them through its TBO
-        # paths); the prefix-attention plan serves every DeepSeek pass over a cached prefix.
+        # paths); the prefix-attention plan serves every DeepSeek pass over a cached prefix;
+        # the gatherv combine runs in SUM_LEN passes, only with --atom-dp-gatherv.
         cfg = process_config()
         hooks += tbo.hooks(cfg.tbo_min_tokens, cfg.tbo_comm, cfg.tbo_nccl_max_ctas)
         hooks += prefix_attention.hooks()
+        if cfg.dp_gatherv:
+            hooks += dp_gatherv.hooks()
     return hooks
 
 
@@ -145,7 +148,8 @@ def install(launcher: bool) -> None:
 
     hooks = runtime_hooks(launcher)
     targets = [target for target, _, _ in hooks]
-    reads = symbols.HTTP_SERVER_READS if launcher else tbo.READS + prefix_attention.READS
+    reads = (symbols.HTTP_SERVER_READS if launcher
+             else tbo.READS + prefix_attention.READS + dp_gatherv.READS)
     try:
         symbols.require(targets + list(symbols.OTHER_SYMBOLS) + list(reads))
     except symbols.SGLangMismatch as exc:
