@@ -47,8 +47,15 @@ def reduce_scatters_here(allow_reduce_scatter: bool, sum_len_pass: bool,
 
 
 def _sum_len_pass(forward_batch) -> bool:
+    """A SUM_LEN pass outside CUDA-graph capture. Graphs capture MAX_LEN passes, except under
+    SGLang's ROCm 7.0-alpha workaround; a captured reduce_scatterv would keep the row counts of
+    the capture, so captures keep SGLang's combine (every rank captures together)."""
+    import torch
+
     mode = getattr(forward_batch, "dp_padding_mode", None)
-    return mode is not None and mode.is_sum_len()
+    if mode is None or not mode.is_sum_len():
+        return False
+    return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
 
 
 def _adds_reduce_scatter(allow_reduce_scatter: bool, forward_batch) -> bool:
