@@ -64,6 +64,9 @@ CONFIGS = {
     "atom_chunk0": ["--backend", "atom", "--atom-admission-chunked-max-hold-passes", "0"],
     # admission plus two-batch overlap of prefill over all_gather/reduce_scatter
     "atom_tbo": ["--backend", "atom", "--enable-two-batch-overlap"],
+    # admission with every SUM_LEN pass's rows moved by all_gatherv + reduce_scatterv
+    # (--atom-dp-gatherv; off by default until measured, NOTES-tbo.md, twenty-second session)
+    "atom_gatherv": ["--backend", "atom", "--atom-dp-gatherv", "1"],
     # sglang-atom's observer without admission (at atom's per-rank budget): the padding baseline
     "observe": ["--backend", "atom", "--atom-admission", "off"],
     # DeepEP expert parallelism with SGLang's own two-batch overlap. SGLang 0.5.17 runs unquantized
