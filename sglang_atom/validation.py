@@ -73,6 +73,10 @@ def check(cfg: AtomConfig, setup: ServingSetup, platform: str = "cuda") -> None:
             "--enable-dp-attention with --dp 2 or more equal to --tp (got --tp "
             f"{setup.tp_size} --dp {setup.dp_size}{'' if setup.dp_attention else ', no DP attention'}), "
             "or drop --atom-dp-gatherv.")
+    if cfg.dp_gatherv and setup.shared_expert_tp1:
+        raise AtomConfigError(
+            "--atom-dp-gatherv sums shared experts in the reduce_scatterv, which needs them "
+            "TP-sharded; unset SGLANG_SHARED_EXPERT_TP1 or drop --atom-dp-gatherv.")
     if setup.two_batch_overlap and not setup.dp_attention:
         raise AtomConfigError(
             "--enable-two-batch-overlap with --backend atom overlaps the DP all_gather/reduce_scatter "

@@ -284,6 +284,12 @@ def test_dp_gatherv_needs_dp_attention_with_attention_tp_1_and_is_in_the_startup
                 "--atom-dp-gatherv gathers each DP rank's rows with attention TP 1; pass "
                 f"--enable-dp-attention with --dp 2 or more equal to --tp {got}, or drop --atom-dp-gatherv.")):
             check(on, setup)
+    # replicated shared experts, added after the skipped all-reduce on every rank, would be
+    # summed dp times (SGLang's own MAX_LEN reduce_scatter has the same hole)
+    with pytest.raises(AtomConfigError, match=re.escape(
+            "--atom-dp-gatherv sums shared experts in the reduce_scatterv, which needs them "
+            "TP-sharded; unset SGLANG_SHARED_EXPERT_TP1 or drop --atom-dp-gatherv.")):
+        check(on, replace(dp, shared_expert_tp1=True))
     assert "| dp_gatherv=all_gatherv/reduce_scatterv in passes SGLang would all-reduce" in summary(
         on, dp, plan("cuda"))
     assert "dp_gatherv" not in summary(AtomConfig(backend="atom"), dp, plan("cuda"))
