@@ -1,14 +1,24 @@
-"""Plain SGLang's two all-reduces against TBO's all_gather + reduce_scatter, as NCCL runs them.
+"""Plain SGLang's two all-reduces against all_gather + reduce_scatter, as NCCL runs them.
 
     python3 benchmarks/comm_probe.py --gpus 2 --hidden 7168 --rows-per-rank 4096,8192 --out DIR
+    python3 benchmarks/comm_probe.py --gpus 4 --rows-per-rank 8192 --skews 0,0.25,0.5 --out DIR
     python3 benchmarks/comm_probe.py --gpus 2 --device cpu --hidden 64 --rows-per-rank 8  # gloo
 
-Per size, with G = world x rows gathered rows of `hidden` bf16 values: all_reduce of G rows (a
-SUM_LEN pass runs two per MoE layer: the gather and the MoE's own), all_gather of rows -> G and
-reduce_scatter of G -> rows (TBO's transport for the whole batch). Median ms over --iters, timed
-with CUDA events on rank 0 after a barrier. ratio = 2 x all_reduce / (all_gather + reduce_scatter):
-what plain SGLang pays per layer against TBO's collectives. By ring bytes it is 2 (a ring
-all-reduce is a reduce_scatter plus an all_gather of the same buffer).
+Per size and skew, rank r holds rows x (1 - skew x r / (world - 1)) rows of `hidden` bf16
+values (skew 0: all equal), S in all, at most M on one rank. Times, median ms over --iters with
+CUDA events on rank 0 after a barrier:
+  all_reduce                    of S rows: a SUM_LEN pass runs two per MoE layer (the gather
+                                and the experts' own), what plain SGLang runs in prefill
+  all_gather, reduce_scatter    of every rank's rows padded to M (world x M rows): a MAX_LEN
+                                pass, and TBO's transport
+  all_gatherv, reduce_scatterv  of the S real rows: `--atom-dp-gatherv` in a SUM_LEN pass. With
+                                unequal rows SGLang's pynccl issues them as one NCCL group of a
+                                broadcast (gather) or a reduce (combine) per rank, done here the
+                                same way through c10d's coalescing; with equal rows NCCL's own
+                                all_gather / reduce_scatter, the columns above
+ratio = 2 x all_reduce / (all_gatherv + reduce_scatterv): what plain SGLang pays per layer
+against `--atom-dp-gatherv`. By ring bytes it is 2 (a ring all-reduce is a reduce_scatter plus an
+all_gather of the same buffer). max_len_ratio = 2 x all_reduce / (all_gather + reduce_scatter).
 Writes DIR/comm_probe.json (command, machine, date, rows).
 """
 
@@ -26,22 +36,80 @@ from serving import provenance, record_json  # noqa: E402
 from tbo_layer_bench import init_rank, run_ranks, timed  # noqa: E402
 
 
+def rank_rows(rows: int, world: int, skew: float) -> list[int]:
+    """Rows on each rank: `rows` on rank 0 down to rows x (1 - skew) on the last, linearly."""
+    return [round(rows * (1 - skew * r / max(world - 1, 1))) for r in range(world)]
+
+
+def _group_device(device):
+    """The device c10d groups the coalesced ops on: NCCL only. Gloo has no coalescing, so there
+    the ops run one by one (same rows moved; CPU times mean nothing here anyway)."""
+    return device if device.type == "cuda" else None
+
+
+def gatherv(buf, sizes, device) -> None:
+    """Every rank's rows into `buf` (rank-major, each rank's own rows already in its slot), as
+    SGLang's pynccl all_gatherv issues them for unequal rows: one group of broadcasts."""
+    starts = [sum(sizes[:r]) for r in range(len(sizes))]
+    with dist._coalescing_manager(device=_group_device(device)):
+        for r, n in enumerate(sizes):
+            dist.broadcast(buf[starts[r]:starts[r] + n], src=r)
+
+
+def reduce_scatterv(buf, sizes, device) -> None:
+    """Each rank's slot of `buf` summed over the ranks, in place on that rank, as SGLang's pynccl
+    reduce_scatterv issues it for unequal rows: one group of reduces."""
+    starts = [sum(sizes[:r]) for r in range(len(sizes))]
+    with dist._coalescing_manager(device=_group_device(device)):
+        for r, n in enumerate(sizes):
+            dist.reduce(buf[starts[r]:starts[r] + n], dst=r)
+
+
+def check_variable_collectives(rank, world, device, dtype) -> None:
+    """The grouped collectives move the right rows before anything is timed with them."""
+    sizes = rank_rows(4, world, 0.5)
+    starts = [sum(sizes[:r]) for r in range(world)]
+    buf = torch.zeros(sum(sizes), 2, device=device, dtype=dtype)
+    buf[starts[rank]:starts[rank] + sizes[rank]] = rank + 1
+    gatherv(buf, sizes, device)
+    want = torch.cat([torch.full((n, 2), r + 1.0) for r, n in enumerate(sizes)]).to(device, dtype)
+    if not torch.equal(buf, want):
+        raise RuntimeError(f"grouped broadcasts gathered {buf.tolist()}, not {want.tolist()}")
+    buf.fill_(rank + 1)
+    reduce_scatterv(buf, sizes, device)
+    mine = buf[starts[rank]:starts[rank] + sizes[rank]]
+    if not torch.all(mine == world * (world + 1) / 2):
+        raise RuntimeError(f"grouped reduces left {mine.tolist()} on rank {rank}")
+
+
 def worker(rank, world, args, init_file, queue):
     device, dtype = init_rank(rank, world, args.device, init_file)
+    check_variable_collectives(rank, world, device, dtype)
     rows_out = []
     for rows in [int(r) for r in args.rows_per_rank.split(",")]:
-        # zeros: summed in place again and again; NCCL's speed does not depend on the values
-        gathered = torch.zeros(world * rows, args.hidden, device=device, dtype=dtype)
-        local = torch.zeros(rows, args.hidden, device=device, dtype=dtype)
-        t = {
-            "all_reduce": timed(lambda: dist.all_reduce(gathered), device, args.iters),
-            "all_gather": timed(lambda: dist.all_gather_into_tensor(gathered, local), device, args.iters),
-            "reduce_scatter": timed(lambda: dist.reduce_scatter_tensor(local, gathered), device, args.iters),
-        }
-        mb = world * rows * args.hidden * gathered.element_size() / 1e6
-        rows_out.append({"world": world, "rows_per_rank": rows, "hidden": args.hidden, "gathered_mb": round(mb, 1),
-                         **{f"{k}_ms": round(v, 3) for k, v in t.items()},
-                         "ratio": round(2 * t["all_reduce"] / (t["all_gather"] + t["reduce_scatter"]), 3)})
+        for skew in [float(x) for x in args.skews.split(",")]:
+            sizes = rank_rows(rows, world, skew)
+            total, most = sum(sizes), max(sizes)
+            # zeros: summed in place again and again; NCCL's speed does not depend on the values
+            summed = torch.zeros(total, args.hidden, device=device, dtype=dtype)
+            padded = torch.zeros(world * most, args.hidden, device=device, dtype=dtype)
+            local = torch.zeros(most, args.hidden, device=device, dtype=dtype)
+            t = {"all_reduce": timed(lambda: dist.all_reduce(summed), device, args.iters),
+                 "all_gather": timed(lambda: dist.all_gather_into_tensor(padded, local), device, args.iters),
+                 "reduce_scatter": timed(lambda: dist.reduce_scatter_tensor(local, padded), device, args.iters)}
+            if len(set(sizes)) == 1:
+                t["all_gatherv"], t["reduce_scatterv"] = t["all_gather"], t["reduce_scatter"]
+            else:
+                t["all_gatherv"] = timed(lambda: gatherv(summed, sizes, device), device, args.iters)
+                t["reduce_scatterv"] = timed(lambda: reduce_scatterv(summed, sizes, device), device,
+                                             args.iters)
+            mb = total * args.hidden * summed.element_size() / 1e6
+            rows_out.append({
+                "world": world, "rows_per_rank": rows, "skew": skew, "rank_rows": sizes,
+                "hidden": args.hidden, "gathered_mb": round(mb, 1),
+                **{f"{k}_ms": round(v, 3) for k, v in t.items()},
+                "ratio": round(2 * t["all_reduce"] / (t["all_gatherv"] + t["reduce_scatterv"]), 3),
+                "max_len_ratio": round(2 * t["all_reduce"] / (t["all_gather"] + t["reduce_scatter"]), 3)})
     if rank == 0:
         queue.put(rows_out)
     dist.destroy_process_group()
@@ -52,15 +120,19 @@ def main(argv=None) -> int:
     ap.add_argument("--gpus", type=int, default=2, help="ranks (one GPU each on CUDA)")
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     ap.add_argument("--hidden", type=int, default=7168)
-    ap.add_argument("--rows-per-rank", default="4096,8192,16384")
+    ap.add_argument("--rows-per-rank", default="4096,8192,16384", help="rows on rank 0")
+    ap.add_argument("--skews", default="0",
+                    help="comma list: rank r holds rows x (1 - skew x r / (world - 1)) rows")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
     rows = run_ranks(worker, args.gpus, args, "comm_probe_")
-    print(f"{'world':>5} {'rows/rank':>9} {'MB':>7} {'all_reduce':>10} {'all_gather':>10} {'reduce_scatter':>14} {'ratio':>6}")
+    print(f"{'world':>5} {'rows':>6} {'skew':>5} {'MB':>7} {'all_reduce':>10} {'all_gather':>10} "
+          f"{'reduce_scatter':>14} {'gatherv':>8} {'scatterv':>8} {'ratio':>6} {'max_len':>7}")
     for r in rows:
-        print(f"{r['world']:>5} {r['rows_per_rank']:>9} {r['gathered_mb']:>7} {r['all_reduce_ms']:>10} "
-              f"{r['all_gather_ms']:>10} {r['reduce_scatter_ms']:>14} {r['ratio']:>6}")
+        print(f"{r['world']:>5} {r['rows_per_rank']:>6} {r['skew']:>5} {r['gathered_mb']:>7} "
+              f"{r['all_reduce_ms']:>10} {r['all_gather_ms']:>10} {r['reduce_scatter_ms']:>14} "
+              f"{r['all_gatherv_ms']:>8} {r['reduce_scatterv_ms']:>8} {r['ratio']:>6} {r['max_len_ratio']:>7}")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         record_json(os.path.join(args.out, "comm_probe.json"), {**provenance(), "rows": rows})

@@ -158,21 +158,29 @@ def test_the_plain_sglang_baseline_gathers_like_an_all_gather_on_one_rank():
             os.remove(init)
 
 
-def test_comm_probe_times_the_three_collectives_on_gloo(tmp_path, capfd):
-    """comm_probe.py on 2 CPU ranks: one row per size, with the ratio of two all-reduces to an
-    all_gather plus a reduce_scatter computed from its own times."""
+def test_comm_probe_times_the_collectives_on_gloo(tmp_path, capfd):
+    """comm_probe.py on 3 CPU ranks: one row per size and skew, with the ratios of two
+    all-reduces to all_gatherv + reduce_scatterv and to the padded all_gather + reduce_scatter,
+    computed from its own times. The grouped collectives of unequal rows are checked for the
+    rows they move before timing (a wrong gather or sum stops the run)."""
     import json
 
     import comm_probe
 
-    assert comm_probe.main(["--gpus", "2", "--device", "cpu", "--hidden", "16", "--rows-per-rank", "4,8",
-                            "--iters", "2", "--out", str(tmp_path)]) == 0
+    assert comm_probe.rank_rows(8, 3, 0.5) == [8, 6, 4] and comm_probe.rank_rows(8, 2, 0) == [8, 8]
+    assert comm_probe.main(["--gpus", "3", "--device", "cpu", "--hidden", "16", "--rows-per-rank", "4,8",
+                            "--skews", "0,0.5", "--iters", "2", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "comm_probe.json").read_text())["rows"]
-    assert [r["rows_per_rank"] for r in rows] == [4, 8] and all(r["world"] == 2 for r in rows)
+    assert [(r["rows_per_rank"], r["skew"]) for r in rows] == [(4, 0), (4, 0.5), (8, 0), (8, 0.5)]
+    assert rows[3]["rank_rows"] == [8, 6, 4] and all(r["world"] == 3 for r in rows)
     for r in rows:
-        # the row's times are rounded to 3 decimals, its ratio was computed before rounding
-        assert r["ratio"] == pytest.approx(2 * r["all_reduce_ms"] / (r["all_gather_ms"] + r["reduce_scatter_ms"]),
+        # the row's times are rounded to 3 decimals, its ratios were computed before rounding
+        assert r["ratio"] == pytest.approx(2 * r["all_reduce_ms"] / (r["all_gatherv_ms"] + r["reduce_scatterv_ms"]),
                                            rel=0.05, abs=0.01)
+        assert r["max_len_ratio"] == pytest.approx(
+            2 * r["all_reduce_ms"] / (r["all_gather_ms"] + r["reduce_scatter_ms"]), rel=0.05, abs=0.01)
+    # equal rows: the variable-size collectives are NCCL's own, the same times
+    assert all(r["all_gatherv_ms"] == r["all_gather_ms"] for r in rows if r["skew"] == 0)
     assert "all_reduce" in capfd.readouterr().out
 
 
