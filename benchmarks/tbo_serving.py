@@ -1,4 +1,5 @@
-"""Two-batch overlap on real servers: correctness (with vs without TBO) and prefill speed.
+"""Two-batch overlap and --atom-dp-gatherv on real servers: correctness against the same server
+without them, and prefill speed.
 
     python3 benchmarks/tbo_serving.py check --out DIR --models models/qwen3-moe-check,models/deepseek-v3-check
     python3 benchmarks/tbo_serving.py perf --out DIR --models models/qwen3-235b-width,models/deepseek-v3-width \
