@@ -41,6 +41,11 @@ def rank_rows(rows: int, world: int, skew: float) -> list[int]:
     return [round(rows * (1 - skew * r / max(world - 1, 1))) for r in range(world)]
 
 
+def starts(sizes: list[int]) -> list[int]:
+    """Where each rank's rows begin in the rank-major buffer of all of them."""
+    return [sum(sizes[:r]) for r in range(len(sizes))]
+
+
 def _group_device(device):
     """The device c10d groups the coalesced ops on: NCCL only. Gloo has no coalescing, so there
     the ops run one by one (same rows moved; CPU times mean nothing here anyway)."""
@@ -50,36 +55,33 @@ def _group_device(device):
 def gatherv(buf, sizes, device) -> None:
     """Every rank's rows into `buf` (rank-major, each rank's own rows already in its slot), as
     SGLang's pynccl all_gatherv issues them for unequal rows: one group of broadcasts."""
-    starts = [sum(sizes[:r]) for r in range(len(sizes))]
     with dist._coalescing_manager(device=_group_device(device)):
-        for r, n in enumerate(sizes):
-            dist.broadcast(buf[starts[r]:starts[r] + n], src=r)
+        for r, (start, n) in enumerate(zip(starts(sizes), sizes)):
+            dist.broadcast(buf[start:start + n], src=r)
 
 
 def reduce_scatterv(buf, sizes, device) -> None:
     """Each rank's slot of `buf` summed over the ranks, in place on that rank, as SGLang's pynccl
     reduce_scatterv issues it for unequal rows: one group of reduces."""
-    starts = [sum(sizes[:r]) for r in range(len(sizes))]
     with dist._coalescing_manager(device=_group_device(device)):
-        for r, n in enumerate(sizes):
-            dist.reduce(buf[starts[r]:starts[r] + n], dst=r)
+        for r, (start, n) in enumerate(zip(starts(sizes), sizes)):
+            dist.reduce(buf[start:start + n], dst=r)
 
 
 def check_variable_collectives(rank, world, device, dtype) -> None:
     """The grouped collectives move the right rows before anything is timed with them."""
     sizes = rank_rows(4, world, 0.5)
-    starts = [sum(sizes[:r]) for r in range(world)]
+    mine = slice(starts(sizes)[rank], starts(sizes)[rank] + sizes[rank])
     buf = torch.zeros(sum(sizes), 2, device=device, dtype=dtype)
-    buf[starts[rank]:starts[rank] + sizes[rank]] = rank + 1
+    buf[mine] = rank + 1
     gatherv(buf, sizes, device)
     want = torch.cat([torch.full((n, 2), r + 1.0) for r, n in enumerate(sizes)]).to(device, dtype)
     if not torch.equal(buf, want):
         raise RuntimeError(f"grouped broadcasts gathered {buf.tolist()}, not {want.tolist()}")
     buf.fill_(rank + 1)
     reduce_scatterv(buf, sizes, device)
-    mine = buf[starts[rank]:starts[rank] + sizes[rank]]
-    if not torch.all(mine == world * (world + 1) / 2):
-        raise RuntimeError(f"grouped reduces left {mine.tolist()} on rank {rank}")
+    if not torch.all(buf[mine] == world * (world + 1) / 2):
+        raise RuntimeError(f"grouped reduces left {buf[mine].tolist()} on rank {rank}")
 
 
 def worker(rank, world, args, init_file, queue):

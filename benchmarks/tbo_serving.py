@@ -180,9 +180,10 @@ def check(args, out: dict) -> None:
         wave2 = [(dp - 1, [rng.randrange(3, vocab) for _ in range(3000)])]
         control, half = replaced_prefix(rng, wave2[0], vocab)
         answers = {}
-        compared = variants(args)[1][0]
+        servers = variants(args)[:2]  # the plain server and the first compared one
+        compared = servers[1][0]
         out["compared"] = compared  # the server whose answers are checked against the plain one
-        for tbo, (variant, tbo_comm, gatherv) in zip((False, True), variants(args)):
+        for tbo, (variant, tbo_comm, gatherv) in zip((False, True), servers):
             flags = server_flags(ckpt, dp, tbo_comm, [
                 *[f for f in BASE_FLAGS if f not in ("--load-format", "dummy", "--disable-cuda-graph")],
                 "--cuda-graph-max-bs", "16", "--chunked-prefill-size", str(chunk * dp),

@@ -148,8 +148,9 @@ def install(launcher: bool) -> None:
 
     hooks = runtime_hooks(launcher)
     targets = [target for target, _, _ in hooks]
-    reads = (symbols.HTTP_SERVER_READS if launcher
-             else tbo.READS + prefix_attention.READS + dp_gatherv.READS)
+    reads = symbols.HTTP_SERVER_READS if launcher else tbo.READS + prefix_attention.READS
+    if not launcher and process_config().dp_gatherv:  # its hooks are installed only then
+        reads += dp_gatherv.READS
     try:
         symbols.require(targets + list(symbols.OTHER_SYMBOLS) + list(reads))
     except symbols.SGLangMismatch as exc:
