@@ -412,6 +412,13 @@ def _pass_timing(p: dict) -> dict:
     return {key: p[key] for key in keys if key in p}
 
 
+def world1_env() -> dict:
+    """The servers' environment with the one-rank rig first on PYTHONPATH (every process SGLang
+    spawns inherits it and imports the rig's sitecustomize at start)."""
+    rig = os.path.join(os.path.dirname(os.path.abspath(__file__)), "world1")
+    return {"PYTHONPATH": os.pathsep.join(p for p in (rig, os.environ.get("PYTHONPATH")) if p)}
+
+
 def model_copies(models: str, weights: str, layers: int | None = None) -> str:
     """Each model of the comma list as a config in a temporary folder named MODEL[-fp8][-<N>l]:
     an FP8 block checkpoint for 'fp8', with `layers` decoder layers if given
@@ -450,6 +457,10 @@ def main() -> int:
     ap.add_argument("--server-args", default="",
                     help="more flags for every server, e.g. '--watchdog-timeout 60' so a hang dumps stacks")
     ap.add_argument("--moe-configs", default="sglang", help=MOE_CONFIGS_HELP)
+    ap.add_argument("--world1", action="store_true",
+                    help="with --dp 1: serve DP attention at one rank through the benchmark rig "
+                         "benchmarks/world1/sitecustomize.py (SGLang refuses it otherwise), so one GPU "
+                         "runs the split with collectives that move nothing: the split's own cost")
     ap.add_argument("--weights", choices=("bf16", "fp8"), default="bf16",
                     help="perf/profile: fp8 serves each model as an FP8 block checkpoint (DeepSeek-V3's "
                          "quantization_config added to a copy of its config, named MODEL-fp8)")
@@ -464,10 +475,14 @@ def main() -> int:
                  "--weights fp8 and --layers with perf or profile")
     if args.weights == "fp8" or args.layers:
         args.models = model_copies(args.models, args.weights, args.layers)
+    if args.world1 != (args.dp == 1):
+        ap.error("--world1 and --dp 1 go together: SGLang runs DP attention at one rank only through "
+                 "the rig (--world1), and the rig is for one rank")
     SERVER_EXTRA[:] = args.server_args.split()
-    args.server_env = moe_configs_env(args.moe_configs)
+    args.server_env = {**moe_configs_env(args.moe_configs), **(world1_env() if args.world1 else {})}
     os.makedirs(args.out, exist_ok=True)
-    out = {**provenance(), "moe_configs": args.moe_configs, "weights": args.weights, "layers": args.layers}
+    out = {**provenance(), "moe_configs": args.moe_configs, "weights": args.weights, "layers": args.layers,
+           "world1_rig": args.world1}
     try:
         {"check": check, "perf": perf, "profile": profile}[args.mode](args, out)
     finally:
