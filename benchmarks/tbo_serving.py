@@ -16,6 +16,11 @@ servers, and `--tbo-comm none` leaves TBO off there:
 checks the gatherv transport alone against the plain server (at DP2 the same rows summed in the
 same order: answers should be identical, not only within the noise floor).
 
+`--world1 --dp 1` runs any mode on one GPU: the servers load the benchmark-only rig
+benchmarks/world1/sitecustomize.py, under which SGLang keeps DP attention at one rank, so the
+TBO server splits its passes and every collective moves nothing. That measures the split's own
+cost and checks its answers, not the overlap.
+
 check: random N(0, 0.02) weights (benchmarks/random_checkpoint.py; dummy weights would not
     show a mix-up), decode CUDA graphs on, small chunked prefill. Wave 1 sends prompts of mixed
     lengths to every rank, some longer than the per-rank chunk; wave 2 sends one long prompt to
