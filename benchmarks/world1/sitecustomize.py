@@ -14,9 +14,9 @@ GEMMs, the cut half's prefix attention), on the one GPU most sessions get.
 Python imports `sitecustomize` at start in every process whose PYTHONPATH names this folder,
 including the processes SGLang spawns (they inherit the environment);
 `benchmarks/tbo_serving.py --world1` puts it there. It shadows any other `sitecustomize` further
-down the path (not checked on the device machines; the runs there were unaffected). The patches apply when each module
-loads, before anything imports the patched names, and each process writes one stderr line per
-patch it applied, so a server log shows the rig was there.
+down the path. The patches apply when each module loads, before anything imports the patched
+names, and each process writes one stderr line per patch it applied, so a server log shows the
+rig was there.
 """
 
 import importlib.abc
