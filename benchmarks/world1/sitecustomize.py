@@ -57,8 +57,8 @@ def _fallback_row_apart(module) -> None:
     info = module.MLPSyncBatchInfo
     original = info._get_fallback_tensor
 
-    def _get_fallback_tensor(self, device, dtype=None):
-        row = original(self, device) if dtype is None else original(self, device, dtype)
+    def _get_fallback_tensor(self, device, *args, **kwargs):
+        row = original(self, device, *args, **kwargs)
         if self.dp_size * self.tp_size * self.cp_size != 1:
             return row
         # At one rank `all_gather` builds its gathered table as `row.expand(1, 1, w).contiguous()`,
