@@ -13,7 +13,8 @@ microseconds (and every NCCL kernel) in time order: start and length in ms, stre
 `--python N` lists the Python functions with the most inclusive and self time (traces recorded
 with stacks), for passes where the GPU waits on the host. `--passes` summarizes each forward
 pass on its own (SGLang traces recorded with stacks): the kernels launched while one
-`ModelRunner.forward` ran, its host time, whether sglang-atom split it, how far the GPU's work
+`ModelRunner.forward` ran, its host time (and how much of it the host spent blocked in
+synchronizing calls and copies, waiting for the GPU), whether sglang-atom split it, how far the GPU's work
 outlasted the host's return and how long the GPU waited before the pass. `--kernels KIND` adds
 each pass's kernels of one kind by name (e.g. `gemm`, to see which GEMMs a split adds). A
 profiled wave whose prompts landed in different scheduler passes shows up there as several
@@ -105,6 +106,10 @@ def python_summary(events: list[dict], top: int = 15) -> dict:
 _FORWARD = re.compile(r"model_executor/model_runner\.py\(\d+\): forward$")
 _SPLIT = re.compile(r"sglang_atom/tbo/overlap\.py\(\d+\): run_interleaved$")
 _LAUNCH_CATEGORIES = ("cuda_runtime", "cuda_driver")
+# Host calls that wait for the GPU: synchronizations, and copies, which block the host whenever
+# their host side is pageable memory (`.item()`, `.tolist()`, `.to("cpu")`; HtoD copies of a
+# few bytes take microseconds).
+_BLOCKING = re.compile(r"^cuda(Stream|Device|Event)Synchronize$|^cudaMemcpy")
 
 
 def pass_events(events: list[dict]) -> list[tuple[dict, list[dict], bool]]:
@@ -138,9 +143,16 @@ def passes(events: list[dict], kernels: str = "", matched: list | None = None) -
     also that kind's kernels by name (`kernels_<kind>`, see `kernel_names`). `matched`: the
     result of `pass_events(events)`, for a caller that needs it too (matching is the costly part)."""
     out, prev_gpu_end = [], None
+    blocking = [e for e in events if e["cat"] in _LAUNCH_CATEGORIES and _BLOCKING.search(e["name"])]
     for f, gpu, split in matched if matched is not None else pass_events(events):
-        p = {"host_ms": round(f["dur"] / 1000, 3), "split": split, "kernels": len(gpu),
-             **summarize(gpu, top_gaps=3)}
+        lo, hi = f["ts"], f["ts"] + f["dur"]
+        # The host's time in the pass includes its waits for the GPU (SGLang's attention
+        # backends sync while planning: at a pass's start that is a wait for the previous
+        # pass's kernels), so host time alone overstates the launch work.
+        blocked = sum(b["dur"] for b in blocking
+                      if b.get("tid") == f.get("tid") and lo <= b["ts"] and b["ts"] + b["dur"] <= hi)
+        p = {"host_ms": round(f["dur"] / 1000, 3), "host_blocked_ms": round(blocked / 1000, 3),
+             "split": split, "kernels": len(gpu), **summarize(gpu, top_gaps=3)}
         if kernels:
             p["kernels_" + kernels] = kernel_names(gpu, kernels)
         if gpu:
@@ -208,7 +220,8 @@ def pass_line(index: int, p: dict) -> str:
     """One forward pass on one line: host and GPU time, compute-stream work by kind, idle."""
     compute = p["streams"].get(p["compute_stream"], {})
     kinds = ", ".join(f"{k} {v}" for k, v in compute.items() if k != "total")
-    line = (f"  pass {index}{' (split)' if p['split'] else ''}: host {p['host_ms']} ms, GPU span "
+    line = (f"  pass {index}{' (split)' if p['split'] else ''}: host {p['host_ms']} ms "
+            f"({p['host_blocked_ms']} waiting on the GPU), GPU span "
             f"{p['span_ms']} ms, {p['kernels']} kernels; compute stream {kinds}; idle "
             f"{p.get('compute_idle_ms', 0)} ms")
     if "gpu_after_host_ms" in p:

@@ -46,7 +46,7 @@ def test_empty_trace():
 
 
 def py(name, pid, parent, ts, dur):
-    return {"ph": "X", "cat": "python_function", "name": name, "ts": ts, "dur": dur,
+    return {"ph": "X", "cat": "python_function", "name": name, "ts": ts, "dur": dur, "tid": 1,
             "args": {"Python id": pid, "Python parent id": parent}}
 
 
@@ -74,6 +74,10 @@ def test_python_summary_gives_inclusive_and_self_time_per_function(tmp_path):
     assert [r["function"] for r in s["self"]][0] == "overlap.py(9): step"
 
 
+def runtime(name, ts, dur, tid=1):
+    return {"ph": "X", "cat": "cuda_runtime", "name": name, "ts": ts, "dur": dur, "tid": tid, "args": {}}
+
+
 def launch(ts, corr):
     return {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": ts, "dur": 5,
             "args": {"correlation": corr}}
@@ -95,10 +99,14 @@ def test_passes_group_kernels_by_the_forward_that_launched_them(tmp_path):
         launched("_fwd_kernel", 300, 400, 7, 11),
         launched("ncclDevKernel_AllGather_RING_LL", 400, 100, 9, 12),
         launched("fused_moe_kernel", 900, 300, 7, 13),  # 200 us idle on stream 7 before it
+        # the host waits for the GPU: a sync and a DtoH copy inside the pass count, a kernel
+        # launch does not, nor does a sync of another thread
+        runtime("cudaStreamSynchronize", 20, 60), runtime("cudaMemcpyAsync", 600, 40),
+        runtime("cudaStreamSynchronize", 700, 90, tid=2),
         # pass 1: a decode step, launched by a nested forward (a graph runner's) inside the outer one
         py(FORWARD, 3, None, 2000, 500),
         py(FORWARD, 4, 3, 2100, 300),
-        launch(2200, 21),
+        launch(2200, 21), runtime("cudaDeviceSynchronize", 2450, 100),  # ends after the pass
         launched("ncclDevKernel_AllReduce_Sum", 2300, 600, 7, 21),
         launch(5000, 31), launched("fused_moe_kernel", 5000, 10, 7, 31),  # outside any forward
     ]
@@ -106,13 +114,15 @@ def test_passes_group_kernels_by_the_forward_that_launched_them(tmp_path):
     path.write_text(json.dumps({"traceEvents": events}))
     p = trace_summary.passes(trace_summary.read(str(path)))
     assert [(x["split"], x["kernels"], x["host_ms"]) for x in p] == [(True, 3, 1.0), (False, 1, 0.5)]
+    assert [x["host_blocked_ms"] for x in p] == [0.1, 0.0]
     assert p[0]["span_ms"] == 0.9 and p[0]["compute_stream"] == "7"
     assert p[0]["streams"]["7"] == {"attention": 0.4, "moe": 0.3, "total": 0.7}
     assert p[0]["streams"]["9"] == {"nccl": 0.1, "total": 0.1}
     assert p[0]["compute_idle_ms"] == 0.2
     assert p[1]["streams"]["7"] == {"nccl": 0.6, "total": 0.6}
     assert trace_summary.pass_line(0, p[0]).startswith(
-        "  pass 0 (split): host 1.0 ms, GPU span 0.9 ms, 3 kernels; compute stream attention 0.4, moe 0.3")
+        "  pass 0 (split): host 1.0 ms (0.1 waiting on the GPU), GPU span 0.9 ms, 3 kernels; "
+        "compute stream attention 0.4, moe 0.3")
     # the host returned at 1000 us, its last kernel ended at 1200; the next pass's first kernel
     # started 1100 us after that
     assert (p[0]["gpu_after_host_ms"], p[0]["gpu_wait_before_ms"]) == (0.2, None)
