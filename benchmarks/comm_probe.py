@@ -19,7 +19,14 @@ CUDA events on rank 0 after a barrier:
 ratio = 2 x all_reduce / (all_gatherv + reduce_scatterv): what plain SGLang pays per layer
 against `--atom-dp-gatherv`. By ring bytes it is 2 (a ring all-reduce is a reduce_scatter plus an
 all_gather of the same buffer). max_len_ratio = 2 x all_reduce / (all_gather + reduce_scatter).
-Writes DIR/comm_probe.json (command, machine, date, rows).
+
+Host cost (`--host-iters`, at the first --rows-per-rank, equal rows): microseconds of host time
+per collective when a micro-batch's all_gather and reduce_scatter are issued and waited on as
+the TBO transport does, with no profiler attached (under torch.profiler c10d's calls showed about
+150 us each, 32 of them in an 8-layer split pass). `c10d`: `async_op=True` on the NCCL group,
+then `work.wait()` (OverlapComm). `pynccl`: SGLang's PyNcclCommunicator, whose calls take the
+current stream, issued on a side stream with an event back to the compute stream (CUDA only).
+Writes DIR/comm_probe.json (command, machine, date, rows, host_us).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 import torch
 import torch.distributed as dist
@@ -84,9 +92,72 @@ def check_variable_collectives(rank, world, device, dtype) -> None:
         raise RuntimeError(f"grouped reduces left {buf[mine].tolist()} on rank {rank}")
 
 
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def host_us(pair, device, iters: int) -> float:
+    """Host microseconds per collective of `pair()`, which issues and waits one all_gather and
+    one reduce_scatter. On CUDA both return once the work is queued, so this is the calls' own
+    cost, not the transfer; on gloo the transfer is included."""
+    for _ in range(3):
+        pair()
+    _sync(device)
+    dist.barrier()
+    start = time.perf_counter()
+    for _ in range(iters):
+        pair()
+    elapsed = time.perf_counter() - start
+    _sync(device)
+    return elapsed / (2 * iters) * 1e6
+
+
+def c10d_pair(gathered, local):
+    def pair():
+        dist.all_gather_into_tensor(gathered, local, async_op=True).wait()
+        dist.reduce_scatter_tensor(local, gathered, async_op=True).wait()
+    return pair
+
+
+def pynccl_pair(gathered, local, device):
+    """The same pair through SGLang's PyNcclCommunicator on a side stream (it is built on a gloo
+    group of the same ranks, as SGLang builds it; every rank must call this together)."""
+    from sglang.srt.distributed.device_communicators.pynccl import PyNcclCommunicator
+
+    comm = PyNcclCommunicator(dist.new_group(backend="gloo"), device)
+    comm.disabled = False  # SGLang switches it on per use (`change_state`)
+    compute, side, done = torch.cuda.current_stream(device), torch.cuda.Stream(device), torch.cuda.Event()
+
+    def pair():
+        for op, out, inp in ((comm.all_gather, gathered, local), (comm.reduce_scatter, local, gathered)):
+            side.wait_stream(compute)
+            with torch.cuda.stream(side):
+                op(out, inp)
+            done.record(side)
+            compute.wait_event(done)
+    return pair
+
+
+def host_costs(rows: int, world: int, args, device, dtype) -> dict:
+    local = torch.zeros(rows, args.hidden, device=device, dtype=dtype)
+    gathered = torch.zeros(world * rows, args.hidden, device=device, dtype=dtype)
+    out = {"rows_per_rank": rows, "iters": args.host_iters,
+           "c10d": round(host_us(c10d_pair(gathered, local), device, args.host_iters), 1)}
+    if device.type != "cuda":
+        out["pynccl"], out["pynccl_skipped"] = None, "gloo: pynccl is NCCL only"
+    elif world == 1:
+        out["pynccl"], out["pynccl_skipped"] = None, "world 1: SGLang builds no pynccl communicator"
+    else:
+        out["pynccl"] = round(host_us(pynccl_pair(gathered, local, device), device, args.host_iters), 1)
+    return out
+
+
 def worker(rank, world, args, init_file, queue):
     device, dtype = init_rank(rank, world, args.device, init_file)
     check_variable_collectives(rank, world, device, dtype)
+    first_rows = int(args.rows_per_rank.split(",")[0])
+    host = host_costs(first_rows, world, args, device, dtype) if args.host_iters > 0 else None
     rows_out = []
     for rows in [int(r) for r in args.rows_per_rank.split(",")]:
         for skew in [float(x) for x in args.skews.split(",")]:
@@ -113,7 +184,7 @@ def worker(rank, world, args, init_file, queue):
                 "ratio": round(2 * t["all_reduce"] / (t["all_gatherv"] + t["reduce_scatterv"]), 3),
                 "max_len_ratio": round(2 * t["all_reduce"] / (t["all_gather"] + t["reduce_scatter"]), 3)})
     if rank == 0:
-        queue.put(rows_out)
+        queue.put((rows_out, host))
     dist.destroy_process_group()
 
 
@@ -126,18 +197,23 @@ def main(argv=None) -> int:
     ap.add_argument("--skews", default="0",
                     help="comma list: rank r holds rows x (1 - skew x r / (world - 1)) rows")
     ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--host-iters", type=int, default=50,
+                    help="all_gather + reduce_scatter pairs timed on the host per API (0: skip)")
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
-    rows = run_ranks(worker, args.gpus, args, "comm_probe_")
+    rows, host = run_ranks(worker, args.gpus, args, "comm_probe_")
     print(f"{'world':>5} {'rows':>6} {'skew':>5} {'MB':>7} {'all_reduce':>10} {'all_gather':>10} "
           f"{'reduce_scatter':>14} {'gatherv':>8} {'scatterv':>8} {'ratio':>6} {'max_len':>7}")
     for r in rows:
         print(f"{r['world']:>5} {r['rows_per_rank']:>6} {r['skew']:>5} {r['gathered_mb']:>7} "
               f"{r['all_reduce_ms']:>10} {r['all_gather_ms']:>10} {r['reduce_scatter_ms']:>14} "
               f"{r['all_gatherv_ms']:>8} {r['reduce_scatterv_ms']:>8} {r['ratio']:>6} {r['max_len_ratio']:>7}")
+    if host:
+        print(f"host us per collective at {host['rows_per_rank']} rows per rank (issue + wait, rank 0): "
+              f"c10d {host['c10d']}, pynccl {host.get('pynccl_skipped') or host['pynccl']}")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        record_json(os.path.join(args.out, "comm_probe.json"), {**provenance(), "rows": rows})
+        record_json(os.path.join(args.out, "comm_probe.json"), {**provenance(), "rows": rows, "host_us": host})
     return 0
 
 

@@ -2,6 +2,7 @@
 rank-failure handling and the attention core's micro-batch prefix (on the CPU)."""
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -181,7 +182,28 @@ def test_comm_probe_times_the_collectives_on_gloo(tmp_path, capfd):
             2 * r["all_reduce_ms"] / (r["all_gather_ms"] + r["reduce_scatter_ms"]), rel=0.05, abs=0.01)
     # equal rows: the variable-size collectives are NCCL's own, the same times
     assert all(r["all_gatherv_ms"] == r["all_gather_ms"] for r in rows if r["skew"] == 0)
-    assert "all_reduce" in capfd.readouterr().out
+    # host cost of the transport's calls, at the first size; pynccl exists only on NCCL
+    host = json.loads((tmp_path / "comm_probe.json").read_text())["host_us"]
+    assert host["rows_per_rank"] == 4 and host["iters"] == 50 and host["c10d"] > 0
+    assert host["pynccl"] is None and host["pynccl_skipped"].startswith("gloo")
+    out = capfd.readouterr().out
+    assert "all_reduce" in out and "c10d" in out and "pynccl gloo: pynccl is NCCL only" in out
+
+
+def test_comm_probe_host_cost_divides_by_the_collectives_it_issued(monkeypatch):
+    """host_us reports per collective: a pair of calls that takes 2 x 1 ms reads 1000 us."""
+    import comm_probe
+
+    calls = []
+
+    def pair():
+        calls.append(1)
+        time.sleep(0.002)
+
+    monkeypatch.setattr(comm_probe.dist, "barrier", lambda: None)  # no process group here
+    us = comm_probe.host_us(pair, torch.device("cpu"), iters=5)
+    assert len(calls) == 3 + 5  # warm-up, then timed
+    assert 1000 <= us < 1900  # per pair (2000+) or counting the warm-up (625) would miss
 
 
 def test_fp8_projections_go_through_sglangs_block_fp8_linear_dispatch():
