@@ -210,9 +210,17 @@ class AtomConfig:
         """The config this process runs with: the launcher's JSON, else defaults plus the backend switch."""
         raw = environ.get(CONFIG_ENV)
         values = json.loads(raw) if raw else {}
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise AtomConfigError(
+                f"{CONFIG_ENV} holds settings this sglang-atom does not know ({', '.join(unknown)}); "
+                f"it is written by the launcher for the processes it starts, so unset it.")
         backend = environ.get(BACKEND_ENV)
         if backend:
             values["backend"] = backend.strip().lower()
+            if values["backend"] not in ("sglang", "atom"):
+                raise AtomConfigError(f"{BACKEND_ENV} must be atom or sglang, got {backend!r}; set "
+                                      f"{BACKEND_ENV}=atom or unset it.")
         return cls(**values).validate()
 
 

@@ -23,7 +23,7 @@ ROCM_MIN_HW_QUEUES = 5
 @dataclass(frozen=True)
 class PlatformPlan:
     platform: str  # "cuda", "rocm" or "cpu"
-    moe_kernel: str  # "triton" or "aiter"
+    moe_kernel: str  # "triton", "aiter", or "sglang-default" (CPU: SGLang's own path)
     collective_backend: str  # "nccl", "rccl" or "gloo"
     moe_runner_backend: str  # value for SGLang's --moe-runner-backend ("auto": leave SGLang's)
     env: dict = field(default_factory=dict)  # variables SGLang reads at import/first use

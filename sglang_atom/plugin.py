@@ -7,19 +7,15 @@ from .config import backend_requested
 
 
 def register() -> None:
-    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+    """SGLang's loader logs an Exception raised here and goes on. That is right under
+    `--backend sglang`: an SGLang that sglang-atom cannot hook still serves, as if it were not
+    installed, with the reason in its log. Under `--backend atom` this process must not serve
+    without its hooks, so any failure to register them stops it (SystemExit is not swallowed)."""
+    try:
+        from .integration import cli
 
-    from .integration import cli, runtime, symbols
-
-    symbols.require(symbols.CLI_TARGETS)
-    for target, hook, kind in (
-        (symbols.CLI_TARGETS[0], cli.after_add_cli_args, HookType.AFTER),
-        (symbols.CLI_TARGETS[1], cli.around_from_cli_args, HookType.AROUND),
-        (symbols.CLI_TARGETS[2], cli.before_post_init, HookType.BEFORE),
-        (symbols.CLI_TARGETS[2], cli.after_post_init, HookType.AFTER),
-        (symbols.CLI_TARGETS[3], cli.around_breakable_graph_rules, HookType.AROUND),
-        (symbols.CLI_TARGETS[4], cli.around_data_parallelism, HookType.AROUND),
-    ):
-        HookRegistry.register(target, hook, kind)
-    if backend_requested():
-        runtime.install(launcher=runtime.is_launcher())
+        cli.register()
+    except Exception as exc:
+        if backend_requested():
+            raise SystemExit(f"sglang-atom cannot start --backend atom: {exc}") from exc
+        raise

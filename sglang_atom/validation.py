@@ -17,7 +17,7 @@ MLA_ARCHITECTURES = ("DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM")
 
 @dataclass(frozen=True)
 class ServingSetup:
-    architecture: str | None  # None for SGLang's "dummy" model path (no config to read)
+    architecture: str | None  # None: not read (SGLang's "dummy" model path; the schedulers' setup)
     dp_attention: bool
     dp_size: int
     tp_size: int
@@ -31,10 +31,11 @@ class ServingSetup:
     speculative: bool = False
     expert_balancing: bool = False  # EPLB or the expert distribution recorder
     ep_size: int = 1
-    shared_expert_tp1: bool = False  # SGLANG_SHARED_EXPERT_TP1=1
     nnodes: int = 1
-    dp_sync_skipped: bool = False  # SGLANG_SCHEDULER_SKIP_ALL_GATHER=1
     prefill_attention_backend: str | None = None  # as SGLang resolved it (None: not known)
+    # Read whether or not two-batch overlap is on.
+    shared_expert_tp1: bool = False  # SGLANG_SHARED_EXPERT_TP1=1
+    dp_sync_skipped: bool = False  # SGLANG_SCHEDULER_SKIP_ALL_GATHER=1
     prefill_tokens_per_rank: int | None = None  # the chunked prefill size as resolved (None: off)
 
 
@@ -137,7 +138,7 @@ def check_tbo(cfg: AtomConfig, setup: ServingSetup, platform: str) -> None:
         raise AtomConfigError(
             "two-batch overlap with --backend atom cuts DeepSeek prompts in two, and SGLang's triton "
             "attention runs every second half as absorbed MLA (0.57x measured on 2xH200); pass "
-            "--attention-backend flashinfer or fa3.")
+            "--attention-backend (or --prefill-attention-backend) flashinfer or fa3.")
     if setup.shared_expert_tp1:
         raise AtomConfigError(
             "two-batch overlap with --backend atom sums shared experts in the reduce_scatter, which "
@@ -155,9 +156,9 @@ def tbo_active(cfg: AtomConfig, setup: ServingSetup) -> bool:
     return cfg.enabled and setup.two_batch_overlap and setup.dp_attention and setup.dp_size > 1
 
 
-def summary(cfg: AtomConfig, setup: ServingSetup, plan: PlatformPlan, tbo_min_tokens: int | None = None) -> str:
+def summary(cfg: AtomConfig, setup: ServingSetup, plan: PlatformPlan, tbo_min_tokens: int) -> str:
     """The startup line: what is active, and why a feature is off when it is.
-    `tbo_min_tokens`: --atom-tbo-min-tokens as resolved for the served model, once known."""
+    `tbo_min_tokens`: --atom-tbo-min-tokens as resolved for the served model (read when TBO is on)."""
     if admission_active(cfg, setup):
         admission = (f"admission=coalesce(target_fill={cfg.admission_target_fill}, "
                      f"align={int(cfg.admission_align)}, max_hold={cfg.admission_max_hold_passes} passes, "
@@ -171,13 +172,9 @@ def summary(cfg: AtomConfig, setup: ServingSetup, plan: PlatformPlan, tbo_min_to
         admission = "admission=off (PD-disaggregated server: no prefill and decode to align)"
     if tbo_active(cfg, setup):
         # say it where operators look: measured so far, it breaks even at best
-        threshold = tbo_min_tokens or cfg.tbo_min_tokens
-        if not threshold:  # not yet resolved (the launcher has no model config)
-            where = "passes above a size derived from the model's expert widths"
-        elif cfg.tbo_min_tokens:
-            where = f"passes of >= {threshold} tokens on the largest rank"
-        else:
-            where = f"passes of >= {threshold} tokens on the largest rank (from the model's expert widths)"
+        where = f"passes of >= {tbo_min_tokens} tokens on the largest rank"
+        if not cfg.tbo_min_tokens:
+            where += " (from the model's expert widths)"
         tbo = (f"tbo=prefill {where} over all_gather/reduce_scatter by {cfg.tbo_comm} "
                f"(experimental: 0.95-1.05x of prefill without it from 8k tokens per rank on "
                f"2xH200, DP4 not yet remeasured, see README)")

@@ -1,6 +1,7 @@
 """Pure tier: the configuration object, its flags and the platform decision."""
 
 import argparse
+import json
 import re
 
 import pytest
@@ -52,6 +53,16 @@ def test_env_round_trip():
     assert AtomConfig.from_env({"SGLANG_ATOM_BACKEND": "ATOM"}) == AtomConfig(backend="atom")
 
 
+def test_bad_environment_names_the_variable():
+    with pytest.raises(AtomConfigError, match=re.escape(
+            "SGLANG_ATOM_BACKEND must be atom or sglang, got '1'; set SGLANG_ATOM_BACKEND=atom or unset it.")):
+        AtomConfig.from_env({"SGLANG_ATOM_BACKEND": "1"})
+    stale = json.dumps({"backend": "atom", "tbo_overlap_layers": 4})
+    with pytest.raises(AtomConfigError, match=re.escape(
+            "SGLANG_ATOM_CONFIG holds settings this sglang-atom does not know (tbo_overlap_layers)")):
+        AtomConfig.from_env({"SGLANG_ATOM_CONFIG": stale})
+
+
 def test_cuda_plan_uses_triton_and_nccl():
     p = plan("cuda")
     assert (p.moe_kernel, p.collective_backend, p.moe_runner_backend, p.env) == (
@@ -83,11 +94,11 @@ def test_summary_says_why_features_are_off():
 
     off = ServingSetup(None, dp_attention=False, dp_size=1, tp_size=2, moe_a2a_backend="none",
                        prefill_delayer=False, two_batch_overlap=False, disaggregation_mode="null")
-    line = summary(AtomConfig(backend="atom"), off, plan("cuda"))
+    line = summary(AtomConfig(backend="atom"), off, plan("cuda"), 0)
     assert "admission=off (needs --enable-dp-attention with --dp > 1)" in line
     assert "tbo=off (--enable-two-batch-overlap not given)" in line
     assert "moe_kernel=triton (cuda) | collectives=nccl" in line
-    line = summary(AtomConfig(backend="atom", admission="off"), off, plan("rocm", "auto", {}))
+    line = summary(AtomConfig(backend="atom", admission="off"), off, plan("rocm", "auto", {}), 0)
     assert "admission=off (--atom-admission off)" in line and "moe_kernel=aiter (rocm)" in line
 
 
@@ -107,7 +118,7 @@ def test_admission_is_off_on_disaggregated_servers():
         setup = ServingSetup(None, dp_attention=True, dp_size=4, tp_size=4, moe_a2a_backend="none",
                              prefill_delayer=False, two_batch_overlap=False, disaggregation_mode=mode)
         assert not admission_active(AtomConfig(backend="atom"), setup)
-        assert "admission=off (PD-disaggregated server" in summary(AtomConfig(backend="atom"), setup, plan("cuda"))
+        assert "admission=off (PD-disaggregated server" in summary(AtomConfig(backend="atom"), setup, plan("cuda"), 0)
 
 
 TBO_REFUSALS = {
@@ -119,7 +130,7 @@ TBO_REFUSALS = {
     "shared_expert_tp1": ({"shared_expert_tp1": True}, "unset SGLANG_SHARED_EXPERT_TP1"),
     "pd_decode": ({"disaggregation_mode": "decode"}, "overlaps prefill only"),
     "deepseek_triton": ({"architecture": "DeepseekV3ForCausalLM", "prefill_attention_backend": "triton"},
-                        "pass --attention-backend flashinfer or fa3."),
+                        "pass --attention-backend (or --prefill-attention-backend) flashinfer or fa3."),
 }
 
 
@@ -178,9 +189,7 @@ def test_summary_marks_two_batch_overlap_experimental():
     line = summary(AtomConfig(backend="atom"), on, plan("cuda"), 7168)
     assert ("tbo=prefill passes of >= 7168 tokens on the largest rank (from the model's expert "
             "widths) over all_gather/reduce_scatter by nccl (experimental: 0.95-1.05x") in line
-    # the launcher has no model config yet; a value given on the command line is said as given
-    assert "above a size derived from the model's expert widths" in summary(
-        AtomConfig(backend="atom"), on, plan("cuda"))
+    # a value given on the command line is said as given
     given = summary(AtomConfig(backend="atom", tbo_min_tokens=4096), on, plan("cuda"), 4096)
     assert "passes of >= 4096 tokens on the largest rank over" in given
 
@@ -195,9 +204,9 @@ def test_copy_engine_transport_needs_cuda_and_one_node():
                       disaggregation_mode="null")
     ce = AtomConfig(backend="atom", tbo_comm="copy-engine")
     check(ce, on, "cuda")
-    line = summary(ce, on, plan("cuda"))
+    line = summary(ce, on, plan("cuda"), 7168)
     assert "by copy-engine" in line and "one that hung" in line
-    assert "hung" not in summary(AtomConfig(backend="atom"), on, plan("cuda"))
+    assert "hung" not in summary(AtomConfig(backend="atom"), on, plan("cuda"), 7168)
     with pytest.raises(AtomConfigError, match=re.escape("needs CUDA GPUs (PyTorch symmetric memory), "
                                                         "but this is rocm; pass --atom-tbo-comm nccl.")):
         check(ce, on, "rocm")
@@ -207,7 +216,7 @@ def test_copy_engine_transport_needs_cuda_and_one_node():
     check(ce, replace(on, two_batch_overlap=False), "rocm")  # only matters with TBO on
     limited = AtomConfig(backend="atom", tbo_nccl_max_ctas=8)
     check(limited, on, "cuda")
-    assert "[NCCL limited to 8 CTAs: not yet measured in serving]" in summary(limited, on, plan("cuda"))
+    assert "[NCCL limited to 8 CTAs: not yet measured in serving]" in summary(limited, on, plan("cuda"), 7168)
     with pytest.raises(AtomConfigError, match="uses none; drop one of the two"):
         check(AtomConfig(backend="atom", tbo_comm="copy-engine", tbo_nccl_max_ctas=8), on, "cuda")
     with pytest.raises(AtomConfigError, match="--atom-tbo-comm must be one of nccl, copy-engine"):
@@ -260,9 +269,9 @@ def test_prefill_budget_per_rank_needs_dp_attention_and_is_in_the_startup_line()
     with pytest.raises(AtomConfigError, match=re.escape("--chunked-prefill-size -1 turns off; drop one")):
         check(given, replace(dp, prefill_tokens_per_rank=None))
     check(AtomConfig(backend="atom"), replace(dp, prefill_tokens_per_rank=None))
-    assert "| prefill budget=8192 tokens per rank |" in summary(AtomConfig(backend="atom"), dp, plan("cuda"))
+    assert "| prefill budget=8192 tokens per rank |" in summary(AtomConfig(backend="atom"), dp, plan("cuda"), 0)
     assert "prefill budget" not in summary(AtomConfig(backend="atom"), replace(dp, prefill_tokens_per_rank=None),
-                                           plan("cuda"))
+                                           plan("cuda"), 0)
 
 
 def test_dp_gatherv_needs_dp_attention_with_attention_tp_1_and_is_in_the_startup_line():
@@ -291,8 +300,8 @@ def test_dp_gatherv_needs_dp_attention_with_attention_tp_1_and_is_in_the_startup
             "TP-sharded; unset SGLANG_SHARED_EXPERT_TP1 or drop --atom-dp-gatherv.")):
         check(on, replace(dp, shared_expert_tp1=True))
     assert "| dp_gatherv=all_gatherv/reduce_scatterv in passes SGLang would all-reduce" in summary(
-        on, dp, plan("cuda"))
-    assert "dp_gatherv" not in summary(AtomConfig(backend="atom"), dp, plan("cuda"))
+        on, dp, plan("cuda"), 0)
+    assert "dp_gatherv" not in summary(AtomConfig(backend="atom"), dp, plan("cuda"), 0)
     # the combine adds a reduce_scatterv only where a layer may reduce-scatter, in a SUM_LEN
     # pass, and SGLang does not already (its expert-parallel reduce_scatterv)
     assert [reduce_scatters_here(a, s, g) for a, s, g in

@@ -321,6 +321,30 @@ def test_a_hook_sglang_fails_to_apply_stops_startup():
             "sglang.srt.managers.scheduler.Scheduler.get_new_batch_prefill") in proc.stderr
 
 
+MISSING_CLI_READ = (
+    "from sglang_atom.integration import symbols\n"
+    "symbols.CLI_READS += ('sglang.srt.server_args.ServerArgs.no_such_method',)\n"
+    "from sglang.srt.plugins import load_plugins\n"
+    "load_plugins()\n"
+    "from sglang.srt.server_args import prepare_server_args\n"
+    f"prepare_server_args({['--model-path', QWEN, *CPU_ARGS]!r})\n"
+    "print('SERVES')\n"
+)
+
+
+def test_an_sglang_it_cannot_hook_stops_backend_atom_and_leaves_plain_sglang_serving():
+    """SGLang's plugin loader logs and swallows an Exception from a plugin: under --backend atom
+    that would serve without sglang-atom, so registration stops the process; under --backend
+    sglang the same SGLang goes on serving, with the reason in its log."""
+    atom = run_python(MISSING_CLI_READ, env={"SGLANG_ATOM_BACKEND": "atom"})
+    assert atom.returncode != 0 and "SERVES" not in atom.stdout
+    assert ("sglang-atom cannot start --backend atom: sglang-atom supports SGLang 0.5.17, but SGLang "
+            "0.5.17 lacks sglang.srt.server_args.ServerArgs.no_such_method") in atom.stderr
+    plain = run_python(MISSING_CLI_READ)
+    assert plain.returncode == 0 and "SERVES" in plain.stdout, plain.stderr[-3000:]
+    assert "lacks sglang.srt.server_args.ServerArgs.no_such_method" in plain.stderr
+
+
 def test_a_missing_sglang_internal_is_named():
     code = (
         "from sglang_atom.integration import symbols\n"

@@ -29,10 +29,11 @@ def test_uneven_lengths_are_token_even():
 
 
 def test_agree_split():
-    assert agree_split([8192, 0, 3000, 9000], [True, False, True, True], 2048)
-    assert not agree_split([8192, 1, 3000, 9000], [True, False, True, True], 2048)  # a decode rank
-    assert not agree_split([1000, 1000], [True, True], 2048)
-    assert not agree_split([0, 0], [False, False], 2)
+    assert agree_split([8192, 0, 3000, 9000], 2048)  # an idle rank joins with empty halves
+    assert agree_split([2048, 1000], 2048)  # the largest rank decides
+    assert not agree_split([1000, 1000], 2048)
+    assert not agree_split([0, 0], 2)
+    assert not agree_split([], 2)
 
 
 @settings(max_examples=500, deadline=None)

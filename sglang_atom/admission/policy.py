@@ -34,6 +34,12 @@ FIRE_REASONS = (FIRE_NOTHING_PENDING, FIRE_NO_DECODE, FIRE_KV_PRESSURE, FIRE_MAX
 HOLD_REASONS = (HOLD_ALIGN, HOLD_FILL)
 
 
+# A rank reports its pending tokens capped at this many prefill budgets, so the int64 row never
+# overflows and one huge prompt does not dominate the fill signal beyond what a few passes can
+# prefill anyway.
+PENDING_CAP_BUDGETS = 4
+
+
 @dataclass(frozen=True)
 class RankState:
     """What one DP rank reports each pass. All integers, so it packs into one int64 row."""

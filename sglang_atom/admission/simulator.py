@@ -26,7 +26,8 @@ import random
 import statistics
 from dataclasses import dataclass, field
 
-from .policy import FIRE_NOTHING_PENDING, EpisodeState, PolicyParams, RankState, decide, padding_ratio
+from .policy import (FIRE_NOTHING_PENDING, PENDING_CAP_BUDGETS, EpisodeState, PolicyParams, RankState,
+                     decide, padding_ratio)
 
 
 # --------------------------------------------------------------------------- step-time model
@@ -187,7 +188,7 @@ def rank_state(r: Rank, now: float, budget: int, kv_tokens: int, batch=None) -> 
         if rest > 0:
             pending, chunked = pending + rest, True
     used = sum(q.input_len + q.output_len for _, _, q in r.running)
-    return RankState(len(r.waiting), min(pending, 4 * budget), len(r.running),
+    return RankState(len(r.waiting), min(pending, PENDING_CAP_BUDGETS * budget), len(r.running),
                      min(1000, int(1000 * used / kv_tokens)), int(chunked),
                      int(now - r.waiting[0].queued_ms) if r.waiting else 0, budget)
 

@@ -22,15 +22,11 @@ from __future__ import annotations
 import time
 
 import torch
-from sglang.srt.managers.schedule_batch import NextBatchPlan
 
-from ..admission.policy import FIRE_NOTHING_PENDING, EpisodeState, RankState, decide
+from ..admission.policy import FIRE_NOTHING_PENDING, PENDING_CAP_BUDGETS, EpisodeState, RankState, decide
 from ..config import AtomConfig
 from ..metrics import AtomMetrics
 
-# Pending tokens are capped so the int64 row never overflows and one huge prompt does not
-# dominate the fill signal beyond what a few passes can prefill anyway.
-PENDING_CAP_BUDGETS = 4
 WIDTH = len(RankState.FIELDS)
 
 # The controller of this scheduler process (SGLang runs one scheduler per process); the sync
@@ -110,6 +106,8 @@ def around_get_new_batch_prefill(original, scheduler, running_batch, *args, **kw
         else:
             plan = original(scheduler, running_batch, *args, **kwargs)
     else:
+        from sglang.srt.managers.schedule_batch import NextBatchPlan  # checked in symbols
+
         plan = NextBatchPlan(batch_to_run=None, running_batch=running_batch)
     controller.running_batch = plan.running_batch
     return plan

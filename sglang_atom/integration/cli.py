@@ -13,7 +13,26 @@ import os
 from ..config import BACKEND_ENV, AtomConfig, AtomConfigError, backend_requested
 from .. import platform
 from ..validation import check
-from . import dp_gatherv, runtime
+from . import dp_gatherv, runtime, symbols
+
+
+def register() -> None:
+    """Register the argument-parsing hooks (every process, whatever the backend) and, under
+    `--backend atom`, install and verify the runtime hooks of this process."""
+    symbols.require(symbols.PLUGIN_API + symbols.CLI_TARGETS + symbols.CLI_READS)
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    for target, hook, kind in (
+        (symbols.CLI_TARGETS[0], after_add_cli_args, HookType.AFTER),
+        (symbols.CLI_TARGETS[1], around_from_cli_args, HookType.AROUND),
+        (symbols.CLI_TARGETS[2], before_post_init, HookType.BEFORE),
+        (symbols.CLI_TARGETS[2], after_post_init, HookType.AFTER),
+        (symbols.CLI_TARGETS[3], around_breakable_graph_rules, HookType.AROUND),
+        (symbols.CLI_TARGETS[4], around_data_parallelism, HookType.AROUND),
+    ):
+        HookRegistry.register(target, hook, kind)
+    if backend_requested():
+        runtime.install(launcher=runtime.is_launcher())
 
 
 def after_add_cli_args(result, parser, *args, **kwargs):

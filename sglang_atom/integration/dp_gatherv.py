@@ -35,6 +35,8 @@ READS = (
     "sglang.srt.layers.dp_attention.get_local_dp_buffer",
     "sglang.srt.layers.moe.utils.should_use_dp_reduce_scatterv",
     "sglang.srt.distributed.parallel_state.get_tp_group",
+    "sglang.srt.distributed.parallel_state.GroupCoordinator.reduce_scatterv",
+    "sglang.srt.model_executor.forward_batch_info.ForwardBatch.dp_padding_mode",
 )
 
 

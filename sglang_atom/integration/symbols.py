@@ -1,10 +1,22 @@
-"""Every SGLang internal sglang-atom relies on, checked before any hook is installed."""
+"""The SGLang internals of the plugin API, argument parsing and the scheduler, and `require`,
+the check that stops startup when one is missing. The model-side modules (`tbo`, `moe_layers`,
+`prefix_attention`, `dp_gatherv`) list theirs beside their code; `cli.register` and
+`runtime.install` check every list that applies before installing a hook."""
 
 from __future__ import annotations
 
 import pkgutil
 
 SUPPORTED_SGLANG = "0.5.17"
+
+# SGLang's plugin API: how every hook is registered, applied and verified.
+PLUGIN_API = (
+    "sglang.srt.plugins.load_plugins",
+    "sglang.srt.plugins.hook_registry.HookRegistry",
+    "sglang.srt.plugins.hook_registry.HookRegistry._patched",
+    "sglang.srt.plugins.hook_registry.HookType",
+    "sglang.srt.plugins.hook_registry.HookSource",
+)
 
 # Hook targets for argument parsing (installed in every process, whatever the backend).
 CLI_TARGETS = (
@@ -14,6 +26,9 @@ CLI_TARGETS = (
     "sglang.srt.server_args.ServerArgs._disable_breakable_cudagraph_if_incompatible",
     "sglang.srt.server_args.ServerArgs._handle_data_parallelism",
 )
+
+# Read by the launcher's checks (the served model's architecture).
+CLI_READS = ("sglang.srt.server_args.ServerArgs.get_model_config",)
 
 # Hook targets that change serving (installed only with --backend atom).
 SCHEDULER_TARGETS = (
@@ -42,11 +57,14 @@ HTTP_SERVER_READS = (
     "sglang.srt.managers.io_struct.GenerateReqInput.routed_dp_rank",
 )
 
-# Other internals read by the hooks.
+# Other internals read by the scheduler hooks.
+_BATCH = "sglang.srt.managers.schedule_batch"
 OTHER_SYMBOLS = (
-    "sglang.srt.managers.schedule_batch.NextBatchPlan",
+    f"{_BATCH}.NextBatchPlan",
+    f"{_BATCH}.ScheduleBatch.is_extend_in_batch",
+    f"{_BATCH}.ScheduleBatch.tbo_split_seq_index",
+    f"{_MLP_SYNC}.tp0_info",
     "sglang.srt.managers.data_parallel_controller.run_data_parallel_controller_process",
-    "sglang.srt.plugins.hook_registry.HookRegistry",
 )
 
 

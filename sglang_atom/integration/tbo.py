@@ -36,7 +36,13 @@ TARGETS = (
     "sglang.srt.layers.attention.tbo_backend.TboAttnBackend._children_use_cuda_graph",
     f"{_TBO}.TboDPAttentionPreparer.prepare_all_gather",
 )
+# ScheduleBatch fields that SGLang's child-batch builder (TboForwardBatchPreparer.filter_batch)
+# does not carry into the micro-batches: it raises on a batch holding one, on that rank alone,
+# while the other ranks go on into the split's collectives.
+UNSPLITTABLE_FIELDS = ("input_embeds", "replace_embeds")
 READS = (
+    "sglang.srt.model_executor.forward_batch_info.ForwardMode.EXTEND",
+    *(f"sglang.srt.managers.schedule_batch.ScheduleBatch.{f}" for f in UNSPLITTABLE_FIELDS),
     f"{_TBO}._model_forward_tbo_split_inputs",
     f"{_TBO}._model_forward_tbo_merge_outputs",
     "sglang.srt.batch_overlap.operations._resolve_tbo_child_contexts",
@@ -94,8 +100,7 @@ def make_agreement(min_tokens: int):
         tokens = list(batch.global_num_tokens)
         if not threshold:  # one model per scheduler process: derive once
             threshold = split_min_tokens(batch.model_config.hf_text_config)
-        if not (batch.global_forward_mode == ForwardMode.EXTEND
-                and agree_split(tokens, [True] * len(tokens), threshold)):
+        if not (batch.global_forward_mode == ForwardMode.EXTEND and agree_split(tokens, threshold)):
             batch.tbo_split_seq_index = None
             batch.global_forward_mode = None
         else:
@@ -106,12 +111,6 @@ def make_agreement(min_tokens: int):
         return None
 
     return after_prepare_mlp_sync_batch_raw
-
-
-# ScheduleBatch fields that SGLang's child-batch builder (TboForwardBatchPreparer.filter_batch)
-# does not carry into the micro-batches: it raises on a batch holding one, on that rank alone,
-# while the other ranks go on into the split's collectives.
-UNSPLITTABLE_FIELDS = ("input_embeds", "replace_embeds")
 
 
 def after_prepare_all_gather(result, preparer, local_batch, *args, **kwargs):
@@ -161,7 +160,7 @@ def _comm(kind: str, nccl_max_ctas: int, hidden: int, dtype, device):
     return make_transport(kind, group, hidden, dtype, device)
 
 
-def make_forward(comm_kind: str, nccl_max_ctas: int = 0):
+def make_forward(comm_kind: str, nccl_max_ctas: int):
     """AROUND hook of `model_forward_maybe_tbo`, moving rows with the `--atom-tbo-comm` transport."""
 
     def around(original, *args, **kwargs):
@@ -173,8 +172,7 @@ def make_forward(comm_kind: str, nccl_max_ctas: int = 0):
 
 def around_model_forward_maybe_tbo(original, layers, enable_tbo, positions, forward_batch,
                                    hidden_states, input_data_scatter_mode, residual,
-                                   zero_allocator=None, *, comm_kind: str = "nccl",
-                                   nccl_max_ctas: int = 0):
+                                   zero_allocator=None, *, comm_kind: str, nccl_max_ctas: int):
     """Run SGLang's TBO layer range as two micro-batches over async all_gather/reduce_scatter."""
     from sglang.srt.batch_overlap import two_batch_overlap as tbo
     from sglang.srt.batch_overlap.operations import _resolve_tbo_child_contexts
@@ -209,7 +207,8 @@ def around_model_forward_maybe_tbo(original, layers, enable_tbo, positions, forw
     child_contexts = _resolve_tbo_child_contexts()
     if child_contexts[0] is None:  # each micro-batch's attention needs its own child backend
         raise RuntimeError("sglang-atom TBO: the active attention backend is not SGLang's "
-                           "TboAttnBackend; this attention backend cannot run two-batch overlap.")
+                           "TboAttnBackend, so the micro-batches cannot attend separately; pass "
+                           "--attention-backend flashinfer or fa3, or drop --enable-two-batch-overlap.")
     run_interleaved(
         [micro_batch_program(mb, len(layers), ops, comm) for mb in (0, 1)],
         contexts=[lambda c=c: forward_context(c) for c in child_contexts],
@@ -217,7 +216,7 @@ def around_model_forward_maybe_tbo(original, layers, enable_tbo, positions, forw
     return tbo._model_forward_tbo_merge_outputs(*ops.outputs(), hidden_states.shape[0])
 
 
-def hooks(min_tokens: int, comm_kind: str = "nccl", nccl_max_ctas: int = 0):
+def hooks(min_tokens: int, comm_kind: str, nccl_max_ctas: int):
     from sglang.srt.plugins.hook_registry import HookType
 
     return [

@@ -81,17 +81,13 @@ def micro_batch_rows(rank_tokens: Sequence[int]) -> tuple[list[int], list[int]]:
     return first, [n - f for n, f in zip(rank_tokens, first)]
 
 
-def agree_split(rank_tokens: Sequence[int], rank_is_prefill: Sequence[bool], min_tokens: int) -> bool:
-    """Whether every rank splits this forward: the same answer on every rank from gathered numbers.
-
-    Split only when no rank decodes (decode TBO loses with TP-sharded experts) and the largest
-    rank has enough tokens for halves worth overlapping. Ranks with 0 tokens still split (two
-    empty micro-batches) so they join each micro-batch's collectives.
-    """
-    if not rank_tokens:
-        return False
-    busy = [p for t, p in zip(rank_tokens, rank_is_prefill) if t > 0]
-    return bool(busy) and all(busy) and max(rank_tokens) >= min_tokens
+def agree_split(rank_tokens: Sequence[int], min_tokens: int) -> bool:
+    """Whether every rank splits this prefill forward: the same answer on every rank from the
+    gathered token counts. The caller asks only for passes in which every busy rank extends
+    (decode TBO loses with TP-sharded experts). Split when the largest rank has enough tokens
+    for halves worth overlapping; ranks with 0 tokens still split (two empty micro-batches) so
+    they join each micro-batch's collectives."""
+    return bool(rank_tokens) and max(rank_tokens) >= min_tokens
 
 
 # A split pass pays only where its GEMMs outweigh what splitting costs: about twice the kernel
