@@ -193,6 +193,10 @@ def around_model_forward_maybe_tbo(original, layers, enable_tbo, positions, forw
     # rule, so no collective is needed to size the all_gathers.
     rows = micro_batch_rows(forward_batch.global_num_tokens_cpu)
     rank = get_attention_dp_rank()
+    # Holds whenever the split hook is in effect, which startup verifies. If it ever fails, it
+    # fails on one rank: that scheduler's exception makes SGLang stop the whole server
+    # (run_scheduler_process sends the launcher SIGQUIT), so the peers waiting in the first
+    # all_gather are stopped too rather than left waiting.
     for mb, inp in enumerate(inputs):
         if inp["hidden_states"].shape[0] != rows[mb][rank]:
             raise RuntimeError(
