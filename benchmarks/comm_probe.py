@@ -156,10 +156,10 @@ def host_costs(rows: int, world: int, args, device, dtype) -> dict:
 def worker(rank, world, args, init_file, queue):
     device, dtype = init_rank(rank, world, args.device, init_file)
     check_variable_collectives(rank, world, device, dtype)
-    first_rows = int(args.rows_per_rank.split(",")[0])
-    host = host_costs(first_rows, world, args, device, dtype) if args.host_iters > 0 else None
+    rank0_rows = [int(r) for r in args.rows_per_rank.split(",")]
+    host = host_costs(rank0_rows[0], world, args, device, dtype) if args.host_iters > 0 else None
     rows_out = []
-    for rows in [int(r) for r in args.rows_per_rank.split(",")]:
+    for rows in rank0_rows:
         for skew in [float(x) for x in args.skews.split(",")]:
             sizes = rank_rows(rows, world, skew)
             total, most = sum(sizes), max(sizes)
