@@ -218,7 +218,7 @@ class AtomConfig:
         backend = environ.get(BACKEND_ENV)
         if backend:
             values["backend"] = backend.strip().lower()
-            if values["backend"] not in ("sglang", "atom"):
+            if values["backend"] not in BACKENDS:
                 raise AtomConfigError(f"{BACKEND_ENV} must be atom or sglang, got {backend!r}; set "
                                       f"{BACKEND_ENV}=atom or unset it.")
         return cls(**values).validate()
