@@ -156,10 +156,10 @@ def host_costs(rows: int, world: int, args, device, dtype) -> dict:
 def worker(rank, world, args, init_file, queue):
     device, dtype = init_rank(rank, world, args.device, init_file)
     check_variable_collectives(rank, world, device, dtype)
-    rank0_rows = [int(r) for r in args.rows_per_rank.split(",")]
-    host = host_costs(rank0_rows[0], world, args, device, dtype) if args.host_iters > 0 else None
+    row_counts = [int(r) for r in args.rows_per_rank.split(",")]
+    host = host_costs(row_counts[0], world, args, device, dtype) if args.host_iters > 0 else None
     rows_out = []
-    for rows in rank0_rows:
+    for rows in row_counts:
         for skew in [float(x) for x in args.skews.split(",")]:
             sizes = rank_rows(rows, world, skew)
             total, most = sum(sizes), max(sizes)
